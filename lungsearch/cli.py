@@ -1,0 +1,64 @@
+"""Command line: argparse and dispatch only."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import UserError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lungsearch", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a search space (the report's fixed points included)")
+    run.add_argument("space", help="a space file, e.g. spaces/ablation.py")
+    run.add_argument("--data", help="dataset folder with train/ (default: $LUNGSEARCH_DATA)")
+    run.add_argument("--split", choices=["patient", "report"], help="split protocol (default: the space's, else patient)")
+    run.add_argument("--image-size", type=int, help="image side in pixels (report: 150)")
+    run.add_argument("--max-epochs", type=int, help="epoch budget per trial (report: 50)")
+    run.add_argument("--num-samples", type=int, help="sampled trials, not counting the fixed points")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--smoke", action="store_true", help="tiny images, few epochs and images: minutes on a laptop")
+    run.add_argument("--results", default="results", help="folder for run folders (default: results)")
+    run.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT (default: start a local one)")
+    run.add_argument("--cpus-per-trial", type=float)
+    run.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU, e.g. 0.25")
+    run.add_argument("--max-concurrent", type=int)
+    run.add_argument("--max-failures", type=int, help="retries of a trial that raises (default 1)")
+    run.add_argument("--searcher", choices=["random", "tpe"])
+    run.add_argument("--no-fixed-points", dest="fixed_points", action="store_const", const=False,
+                     help="skip the report's three models")
+
+    check = sub.add_parser("data", help="dataset tools")
+    check_sub = check.add_subparsers(dest="data_command", required=True)
+    dc = check_sub.add_parser("check", help="counts, sizes, unreadable files, duplicates and shared patients")
+    dc.add_argument("dir")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            from .run import run_search
+
+            run_dir = run_search(
+                args.space, args.data, args.results, smoke=args.smoke, address=args.address,
+                split=args.split, image_size=args.image_size, max_epochs=args.max_epochs,
+                num_samples=args.num_samples, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
+                gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+                max_failures=args.max_failures, searcher=args.searcher, fixed_points=args.fixed_points,
+            )
+            print(run_dir)
+            return 0
+        if args.command == "data":
+            from .check import check_dataset
+
+            text, ok = check_dataset(args.dir)
+            print(text)
+            return 0 if ok else 1
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 1

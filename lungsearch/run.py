@@ -1,0 +1,246 @@
+"""Run a search with Ray Tune: the only module that imports ray."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from . import data, space as spaces, store
+from .config import FIXED_POINTS, SMOKE, SearchSettings, TrialConfig, UserError
+
+ASHA_METRIC, ASHA_MODE = "val_loss", "min"  # what ASHA compares at each rung; trials are ranked by val_f1 later
+ENV_PASSED = ("KERAS_BACKEND", "XLA_PYTHON_CLIENT_PREALLOCATE", "TF_FORCE_GPU_ALLOW_GROWTH", "TF_CPP_MIN_LOG_LEVEL",
+              "LUNGSEARCH_CACHE")
+
+
+class FixedPointASHA(AsyncHyperBandScheduler):
+    """ASHA that never stops a fixed point and keeps fixed points out of its rungs."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if trial.config.get("fixed_point"):
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if trial.config.get("fixed_point"):
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+
+
+class Progress(tune.Callback):
+    """One line per change: trials running, finished, stopped by ASHA and failed, and the best F1 so far."""
+
+    def __init__(self, total: int):
+        self.total, self.best, self.best_trial, self.line = total, None, "", ""
+        self.started = time.time()
+
+    def show(self, trials) -> None:
+        counts = {"RUNNING": 0, "finished": 0, "stopped": 0, "ERROR": 0}
+        for t in trials:
+            if t.status == "TERMINATED":
+                counts["finished" if (t.last_result or {}).get("final") else "stopped"] += 1
+            elif t.status in counts:
+                counts[t.status] += 1
+        best = f"best val F1 {self.best:.4f} ({self.best_trial})" if self.best is not None else "best val F1 -"
+        line = (f"{counts['RUNNING']} running, {counts['finished']} finished, {counts['stopped']} stopped early, "
+                f"{counts['ERROR']} failed of {self.total} | {best}")
+        if line != self.line:
+            elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - self.started))
+            print(f"[{elapsed}] {line}", flush=True)
+            self.line = line
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        f1 = result.get("val_f1")
+        if f1 is not None and (self.best is None or f1 > self.best):
+            self.best, self.best_trial = f1, trial.trial_id if not trial.config.get("fixed_point") else trial.config["fixed_point"]
+        self.show(trials)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.show(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.show(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.show(trials)
+
+
+def trainable(config: dict[str, Any], conditions: dict, checkpoint_root: str) -> None:
+    """The Ray Tune trial: drop inactive conditional parameters, train, report each epoch through Tune."""
+    started = time.time()
+    from .train import run_trial
+
+    context = tune.get_context()
+    node = ray.util.get_node_ip_address()
+
+    def report(row: dict[str, Any]) -> None:
+        tune.report({**row, "node_ip": node})
+
+    run_trial(spaces.active(config, conditions), report,
+              checkpoint_dir=Path(checkpoint_root) / context.get_trial_name(), started=started)
+
+
+def trial_name(trial) -> str:
+    return f"{trial.config.get('fixed_point') or 'trial'}_{trial.trial_id}"
+
+
+def resolve_settings(space: spaces.Space, overrides: dict[str, Any], smoke: bool) -> SearchSettings:
+    settings = SearchSettings(**space.settings)
+    if smoke:
+        settings = settings.replace(**SMOKE, num_samples=min(settings.num_samples, 8))
+    return settings.replace(**overrides)
+
+
+def data_dir_from(arg: str | None) -> Path:
+    value = arg or os.environ.get("LUNGSEARCH_DATA")
+    if not value:
+        raise UserError("no dataset given: pass --data DIR or set LUNGSEARCH_DATA. Download the Kermany chest "
+                        "X-ray dataset (e.g. 'chest_xray' from Kaggle or Mendeley Data) and point at the folder "
+                        "that holds train/ (and test/)")
+    return Path(value).expanduser().resolve()
+
+
+def resources(settings: SearchSettings) -> dict[str, float]:
+    """CPUs and GPUs per trial: one GPU each where the cluster has GPUs, else two CPUs (TensorFlow's sweet spot)."""
+    cluster = ray.cluster_resources()
+    gpus = settings.gpus_per_trial if settings.gpus_per_trial >= 0 else (1.0 if cluster.get("GPU", 0) else 0.0)
+    cpus = settings.cpus_per_trial or (min(4.0, max(1.0, cluster.get("CPU", 1) // max(cluster.get("GPU", 1), 1)))
+                                       if gpus else min(2.0, cluster.get("CPU", 1)))
+    return {"cpu": cpus, "gpu": gpus}
+
+
+def build_trials(space: spaces.Space, settings: SearchSettings, run_constants: dict[str, Any]):
+    """Ray's param_space and the fixed points (full configs for points_to_evaluate)."""
+    sampled = spaces.ray_space(space)
+    defaults = TrialConfig().to_dict()
+    # Ray only lets a point set keys of param_space: the keys the fixed points change go in at the report's
+    # defaults, which is what a sampled trial that does not search them should get anyway.
+    changed = {k: defaults[k] for changes in FIXED_POINTS.values() for k in changes}
+    param_space = {**changed, **run_constants, **sampled, "fixed_point": ""}
+    points = []
+    if settings.fixed_points:
+        for name, changes in FIXED_POINTS.items():
+            # every sampled key must be set, else the searcher samples it: the run's value or the report's
+            point = {k: run_constants.get(k, defaults[k]) for k in sampled}
+            points.append({**point, **changes, "fixed_point": name})
+    return param_space, points
+
+
+def run_search(space_path: str | Path, data_arg: str | None = None, results_dir: str | Path = "results",
+               smoke: bool = False, address: str | None = None, **overrides: Any) -> Path:
+    """Run a search and return its run folder (also printed as the last line)."""
+    space = spaces.load(space_path)
+    spaces.check_defaults(space)
+    settings = resolve_settings(space, overrides, smoke)
+    data_dir = data_dir_from(data_arg)
+    cache_dir = data.default_cache_dir()
+    ds, _ = data.load(data_dir, settings.image_size, cache_dir)
+    split = data.make_split(ds, settings.split, settings.seed, settings.data_limit)
+    summary = data.split_summary(ds, split, settings.split)
+    print_split(summary)
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(results_dir).expanduser().resolve() / f"{stamp}-{space.name}{'-smoke' if smoke else ''}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    run_constants = {"data_dir": str(data_dir), "cache_dir": str(cache_dir), "split": settings.split,
+                     "image_size": settings.image_size, "max_epochs": settings.max_epochs,
+                     "patience": settings.patience, "seed": settings.seed, "data_limit": settings.data_limit}
+    manifest = {
+        "space_file": str(space.path), "space_source": space.source, "space_doc": space.doc,
+        "settings": settings.__dict__, "smoke": smoke, "run_constants": run_constants,
+        "searched": sorted(space.params), "conditions": space.conditions,
+        "asha": {"metric": ASHA_METRIC, "mode": ASHA_MODE, "time_attr": "training_iteration (epochs)"},
+        "packages": store.package_versions(), "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        "python": sys.version.split()[0],
+        "data": {"dir": str(data_dir), "fingerprint": ds.fingerprint, "images": len(ds.files),
+                 "unreadable": ds.unreadable, "ignored_non_images": len(ds.ignored), "split": summary},
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    store.write_json(run_dir / "manifest.json", manifest)
+    return execute(run_dir, space, settings, run_constants, address)
+
+
+def execute(run_dir: Path, space: spaces.Space, settings: SearchSettings, run_constants: dict[str, Any],
+            address: str | None, restore: bool = False) -> Path:
+    """Start (or restore) the Tune experiment in run_dir/ray, then write the tables."""
+    env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": env})
+    started = time.time()
+    try:
+        res = resources(settings)
+        param_space, points = build_trials(space, settings, run_constants)
+        total = settings.num_samples + len(points)
+        print(f"search: {settings.num_samples} sampled trial(s) + {len(points)} fixed point(s), "
+              f"{res['cpu']:g} CPU and {res['gpu']:g} GPU per trial, up to {settings.max_epochs} epochs", flush=True)
+        fn = tune.with_resources(
+            tune.with_parameters(trainable, conditions=space.conditions,
+                                 checkpoint_root=str(run_dir / "checkpoints")), res)
+        if restore:
+            tuner = tune.Tuner.restore(str(run_dir / "ray"), trainable=fn, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        else:
+            tuner = tune.Tuner(
+                fn,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    metric=ASHA_METRIC, mode=ASHA_MODE, num_samples=total,
+                    search_alg=searcher(settings, points),
+                    scheduler=FixedPointASHA(time_attr="training_iteration", max_t=settings.max_epochs,
+                                             grace_period=min(settings.grace_period, settings.max_epochs),
+                                             reduction_factor=settings.reduction_factor),
+                    max_concurrent_trials=settings.max_concurrent or None,
+                    trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                ),
+                run_config=tune.RunConfig(
+                    name="ray", storage_path=str(run_dir), verbose=0, callbacks=[Progress(total)],
+                    failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                ),
+            )
+        tuner.fit()
+    finally:
+        ray.shutdown()
+    table = store.collect(run_dir, sorted(space.params))
+    kept = store.prune_checkpoints(run_dir, table, settings.keep_checkpoints)
+    manifest = store.read_json(run_dir / "manifest.json")
+    manifest.update({"finished": datetime.now().isoformat(timespec="seconds"),
+                     "search_wall_s": round(time.time() - started, 1), "checkpoints_kept": kept,
+                     "trial_startup_s_mean": float(table["startup_s"].mean()) if len(table) else None})
+    store.write_json(run_dir / "manifest.json", manifest)
+    print_table(table)
+    return run_dir
+
+
+def searcher(settings: SearchSettings, points: list[dict]):
+    if settings.searcher == "tpe":
+        from ray.tune.search.optuna import OptunaSearch
+        import optuna
+
+        return OptunaSearch(points_to_evaluate=points or None, sampler=optuna.samplers.TPESampler(seed=settings.seed))
+    return BasicVariantGenerator(points_to_evaluate=points or None, random_state=settings.seed)
+
+
+def print_split(summary: dict) -> None:
+    print(f"split '{summary['protocol']}':", ", ".join(
+        f"{part} {p['images']} ({p['NORMAL']} normal / {p['PNEUMONIA']} pneumonia, {p['patients']} patients)"
+        for part, p in summary["parts"].items()), flush=True)
+    if summary["images_in_two_parts"]:
+        print(f"warning: {len(summary['images_in_two_parts'])} identical image(s) in two parts (leakage)")
+
+
+def print_table(table) -> None:
+    if table.empty:
+        print("no trials ran")
+        return
+    cols = ["trial", "fixed_point", "status", "epochs_run", "val_f1", "val_auc", "test_f1", "test_accuracy"]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))

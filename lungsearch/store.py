@@ -1,0 +1,120 @@
+"""The run folder: manifest, trials table, per-epoch history, kept checkpoints. Reads Ray's trial folders
+directly (params.json, result.json, error.txt), so it works the same after a resume."""
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+PACKAGES = ("lungsearch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "ray", "keras-tuner",
+            "numpy", "opencv-python-headless", "pandas", "matplotlib")
+METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
+TEST_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "specificity", "auc", "tp", "fp", "fn", "tn")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def trial_dirs(run_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in (Path(run_dir) / "ray").glob("*/params.json"))
+
+
+def read_trial(trial_dir: Path) -> dict[str, Any]:
+    """One trial's config, the rows of its last attempt, how many attempts it took, and its error if it failed."""
+    config = read_json(trial_dir / "params.json")
+    rows = []
+    result_file = trial_dir / "result.json"
+    if result_file.exists():
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+    starts = [i for i, r in enumerate(rows) if r.get("epoch") == 1]
+    attempts = max(len(starts), 1)
+    if starts:
+        rows = rows[starts[-1]:]  # a retried trial starts again from epoch 1
+    error_file = trial_dir / "error.txt"
+    error = error_file.read_text().strip() if error_file.exists() else ""
+    return {"dir": trial_dir, "id": config.get("trial_id") or trial_dir.name, "config": config, "rows": rows,
+            "attempts": attempts, "error": error}
+
+
+def trial_status(trial: dict[str, Any]) -> str:
+    rows = trial["rows"]
+    if rows and rows[-1].get("final"):
+        return "finished"
+    if trial["error"]:
+        return "failed"
+    return "stopped" if rows else "not started"
+
+
+def collect(run_dir: Path, searched: list[str]) -> pd.DataFrame:
+    """Write trials.csv (one row per trial) and history.csv (one row per trial and epoch); return the trials."""
+    run_dir = Path(run_dir)
+    trials, history = [], []
+    for t in map(read_trial, trial_dirs(run_dir)):
+        rows, last = t["rows"], (t["rows"][-1] if t["rows"] else {})
+        status = trial_status(t)
+        name = t["dir"].name
+        best_epoch = last.get("best_epoch") or (min(rows, key=lambda r: r.get("val_loss", float("inf")))["epoch"]
+                                                 if rows else None)
+        best = next((r for r in rows if r.get("epoch") == best_epoch), {})
+        record = {
+            "trial": name,
+            "fixed_point": t["config"].get("fixed_point", ""),
+            "status": status,
+            "epochs_run": len(rows),
+            "best_epoch": best_epoch,
+            "stopped_at_rung": len(rows) if status == "stopped" else None,
+            "retries": t["attempts"] - 1,
+            "node": last.get("node_ip", ""),
+            "startup_s": rows[0].get("startup_s") if rows else None,
+            "mean_epoch_s": sum(r.get("epoch_s", 0) for r in rows) / len(rows) if rows else None,
+            **{f"val_{m}": best.get(f"val_{m}") for m in METRICS},
+            **{f"test_{m}": last.get(f"test_{m}") for m in TEST_METRICS},
+            **{f"cfg_{k}": t["config"].get(k) for k in searched},
+            "error": t["error"].splitlines()[-1] if t["error"] else "",
+            "trial_dir": str(t["dir"]),
+        }
+        trials.append(record)
+        for r in rows:
+            history.append({"trial": name, "fixed_point": record["fixed_point"], **{k: v for k, v in r.items()
+                            if k in ("epoch", "epoch_s") or k.split("_", 1)[-1] in METRICS or k in METRICS}})
+    table = pd.DataFrame(trials)
+    if not table.empty:
+        table = table.sort_values(["val_f1", "val_auc"], ascending=False, na_position="last")
+    table.to_csv(run_dir / "trials.csv", index=False)
+    pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
+    return table
+
+
+def prune_checkpoints(run_dir: Path, table: pd.DataFrame, keep: int) -> list[str]:
+    """Keep the saved models of the fixed points and of the `keep` best finished sampled trials; delete the rest."""
+    sampled = table[(table["fixed_point"].fillna("") == "") & (table["status"] == "finished")]
+    fixed = table[table["fixed_point"].fillna("") != ""]
+    keep_names = set(sampled["trial"].head(keep)) | set(fixed["trial"])
+    kept = []
+    for folder in sorted((Path(run_dir) / "checkpoints").glob("*")):
+        if folder.name in keep_names:
+            kept.append(folder.name)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    return kept

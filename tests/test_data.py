@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+
+from conftest import copy_into, make_dataset, truncate
+from lungsearch import data
+from lungsearch.config import UserError
+
+
+def test_scan_reads_every_format_and_both_class_spellings(tmp_path):
+    root = make_dataset(tmp_path / "d", {"train": 3}, class_names=("normal", "Pneumonia"))
+    ds = data.scan(root)
+    assert len(ds.files) == 12
+    assert sorted(set(ds.labels.tolist())) == [0, 1]
+    assert {f.rsplit(".", 1)[1] for f in ds.files} == {"jpg", "jpeg", "png"}
+    for f in ds.files:
+        img = data.read_image(ds.root / f, 32)
+        assert img.shape == (32, 32) and img.dtype == np.uint8
+
+
+def test_sixteen_bit_and_rgba_decode_to_the_same_grey_values(tmp_path):
+    from conftest import write_image
+    img = np.arange(0, 250, 250 / 1600).astype(np.uint8).reshape(40, 40)
+    for kind in ("grey", "rgb", "rgba", "16bit"):
+        write_image(tmp_path / f"{kind}.png", img, kind)
+    decoded = {k: data.read_image(tmp_path / f"{k}.png", None) for k in ("grey", "rgb", "rgba", "16bit")}
+    for k, v in decoded.items():
+        assert np.abs(v.astype(int) - img).max() <= 1, k
+
+
+def test_missing_folders_name_the_path_and_layout(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        data.scan(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no train/ folder"):
+        data.scan(tmp_path / "empty")
+    (tmp_path / "half" / "train" / "NORMAL").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"has no PNEUMONIA/ folder.*NORMAL/ and PNEUMONIA/"):
+        data.scan(tmp_path / "half")
+
+
+def test_truncated_images_are_skipped_and_listed_non_images_counted(dataset, cache_dir):
+    victim = sorted((dataset / "train" / "PNEUMONIA").glob("*.jp*g"))[0]
+    truncate(victim)
+    (dataset / "train" / "NORMAL" / "notes.txt").write_text("not an image")
+    (dataset / "train" / "NORMAL" / ".DS_Store").write_bytes(b"\0\0")
+    messages = []
+    ds, images = data.load(dataset, 32, log=messages.append)
+    rel = str(victim.relative_to(dataset))
+    assert ds.unreadable == [rel]
+    assert rel not in ds.files
+    assert len(images) == len(ds.files) == 63
+    assert sorted(ds.ignored) == ["train/NORMAL/.DS_Store", "train/NORMAL/notes.txt"]
+    assert any("skipped 1 unreadable" in m and rel in m for m in messages)
+
+
+def test_cache_decodes_once_and_follows_content_and_size(dataset, cache_dir):
+    logs = []
+    ds1, im1 = data.load(dataset, 24, log=logs.append)
+    ds2, im2 = data.load(dataset, 24, log=logs.append)
+    assert sum("decoding" in m for m in logs) == 1
+    assert np.array_equal(np.asarray(im1), np.asarray(im2))
+    assert im1.shape == (64, 24, 24) and im1.dtype == np.uint8
+    data.load(dataset, 28, log=logs.append)  # another size decodes afresh
+    victim = sorted((dataset / "train" / "NORMAL").glob("*.jpg"))[0]
+    victim.write_bytes((dataset / "test" / "NORMAL" / sorted(p.name for p in (dataset / "test" / "NORMAL").glob("*.jpg"))[0]).read_bytes())
+    ds3, _ = data.load(dataset, 24, log=logs.append)  # changed content: new fingerprint
+    assert sum("decoding" in m for m in logs) == 3
+    assert ds3.fingerprint != ds1.fingerprint
+
+
+@pytest.mark.parametrize("name, key", [
+    ("person1000_bacteria_2931.jpeg", "PERSON1000"),
+    ("person1_virus_6.jpeg", "PERSON1"),
+    ("IM-0115-0001.jpeg", "IM-0115"),
+    ("NORMAL2-IM-0381-0001.jpeg", "NORMAL2-IM-0381"),
+    ("scan.png", "file:x/scan.png"),
+])
+def test_patient_keys_from_file_names(name, key):
+    assert data.patient_key(name, "x/" + name) == key
+
+
+def test_report_split_is_stratified_80_20_with_val_from_the_80(tmp_path, cache_dir):
+    ds = data.scan(make_dataset(tmp_path / "d", {"train": 25}, images_per_patient=4))
+    split = data.make_split(ds, "report", seed=1)
+    assert sum(len(v) for v in split.values()) == 200
+    assert len(split["test"]) == 40 and len(split["val"]) == 16
+    assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
+    for part in split.values():
+        assert abs(ds.labels[part].mean() - 0.5) < 0.05
+    assert data.make_split(ds, "report", seed=1)["test"].tolist() == split["test"].tolist()
+
+
+def test_patient_split_uses_official_test_and_never_shares_a_patient(dataset):
+    ds = data.scan(dataset)
+    split = data.make_split(ds, "patient", seed=0)
+    assert set(split["test"]) == set(np.flatnonzero(ds.parts == "test"))
+    assert len(split["val"]) > 0
+    assert not data.shared_patients(ds, split)
+
+
+def test_patient_split_without_test_holds_out_whole_patients(tmp_path):
+    ds = data.scan(make_dataset(tmp_path / "d", {"train": 30}, images_per_patient=3))
+    split = data.make_split(ds, "patient", seed=3)
+    assert not data.shared_patients(ds, split)
+    frac = len(split["test"]) / len(ds.files)
+    assert 0.15 < frac < 0.3
+    summary = data.split_summary(ds, split, "patient")
+    assert summary["patients_in_two_parts"] == [] and summary["unknown_patient_keys"] == 0
+
+
+def test_copied_image_is_reported_as_leakage(dataset):
+    src = sorted((dataset / "train" / "PNEUMONIA").glob("*.png"))[0]
+    copy_into(src, dataset / "test" / "PNEUMONIA", "copy_of_train.png")
+    ds = data.scan(dataset)
+    split = data.make_split(ds, "patient")
+    pairs = data.split_summary(ds, split, "patient")["images_in_two_parts"]
+    assert any("copy_of_train.png" in b for _, b in pairs)
+
+
+def test_data_limit_keeps_a_stratified_subset(tmp_path):
+    ds = data.scan(make_dataset(tmp_path / "d", {"train": 25}, images_per_patient=4))
+    split = data.make_split(ds, "report", data_limit=40)
+    assert len(split["train"]) == 40 and len(split["val"]) == 10 and len(split["test"]) == 10
