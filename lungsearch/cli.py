@@ -30,6 +30,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-fixed-points", dest="fixed_points", action="store_const", const=False,
                      help="skip the report's three models")
 
+    resume = sub.add_parser("resume", help="finish an interrupted search without rerunning finished trials")
+    resume.add_argument("run_dir")
+    resume.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT")
+
     check = sub.add_parser("data", help="dataset tools")
     check_sub = check.add_subparsers(dest="data_command", required=True)
     dc = check_sub.add_parser("check", help="counts, sizes, unreadable files, duplicates and shared patients")
@@ -51,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
                 max_failures=args.max_failures, searcher=args.searcher, fixed_points=args.fixed_points,
             )
             print(run_dir)
+            return 0
+        if args.command == "resume":
+            from .run import resume_search
+
+            print(resume_search(args.run_dir, args.address))
             return 0
         if args.command == "data":
             from .check import check_dataset

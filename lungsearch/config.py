@@ -29,6 +29,7 @@ class TrialConfig:
     batchnorm: bool = False
     dropout: float = 0.0
     residual: bool = False
+    padding: str = "valid"  # valid (the report's) | same; residual blocks always use same
     # augmentation, with ImageDataGenerator's meaning (shear in degrees, as Keras' ImageDataGenerator)
     augment: bool = False
     aug_rotation: float = 20.0
@@ -60,6 +61,7 @@ class TrialConfig:
             (self.kernel_size in (1, 3, 5, 7), "kernel_size", "one of 1, 3, 5, 7"),
             (self.pooling in ("max", "avg"), "pooling", "'max' or 'avg'"),
             (self.head in ("flatten", "gap"), "head", "'flatten' or 'gap'"),
+            (self.padding in ("valid", "same"), "padding", "'valid' or 'same'"),
             (self.dense_units >= 1, "dense_units", "at least 1"),
             (0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)"),
             (self.image_size >= 16, "image_size", "at least 16"),

@@ -75,8 +75,8 @@ class RandomAffine(layers.Layer):
 
 
 def conv_block(x, filters: int, cfg: TrialConfig, index: int):
-    """Conv(relu) [+ BatchNorm] [+ residual shortcut] + pooling; 'valid' padding as the report, 'same' if residual."""
-    padding = "same" if cfg.residual else "valid"
+    """Conv(relu) [+ BatchNorm] [+ residual shortcut] + pooling; residual blocks use 'same' padding."""
+    padding = "same" if cfg.residual else cfg.padding
     y = layers.Conv2D(filters, cfg.kernel_size, activation="relu", padding=padding, name=f"conv{index}")(x)
     if cfg.batchnorm:
         y = layers.BatchNormalization(name=f"bn{index}")(y)
@@ -95,7 +95,7 @@ def build(cfg: TrialConfig) -> keras.Model:
         x = RandomAffine(cfg.aug_rotation, cfg.aug_zoom, cfg.aug_shift, cfg.aug_shear, cfg.aug_flip,
                          seed=cfg.seed, name="augment")(x)
     for i in range(cfg.conv_blocks):
-        side = x.shape[1] - (0 if cfg.residual else cfg.kernel_size - 1)
+        side = x.shape[1] - (0 if cfg.residual or cfg.padding == "same" else cfg.kernel_size - 1)
         if side < 2:
             raise ValueError(f"{cfg.conv_blocks} conv blocks with kernel {cfg.kernel_size} do not fit a "
                              f"{cfg.image_size} px input: block {i + 1} would see {x.shape[1]} px")

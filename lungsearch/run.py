@@ -1,6 +1,7 @@
 """Run a search with Ray Tune: the only module that imports ray."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -41,7 +42,7 @@ class Progress(tune.Callback):
     """One line per change: trials running, finished, stopped by ASHA and failed, and the best F1 so far."""
 
     def __init__(self, total: int):
-        self.total, self.best, self.best_trial, self.line = total, None, "", ""
+        self.total, self.best, self.best_trial, self.line, self.epochs = total, None, "", "", 0
         self.started = time.time()
 
     def show(self, trials) -> None:
@@ -53,13 +54,14 @@ class Progress(tune.Callback):
                 counts[t.status] += 1
         best = f"best val F1 {self.best:.4f} ({self.best_trial})" if self.best is not None else "best val F1 -"
         line = (f"{counts['RUNNING']} running, {counts['finished']} finished, {counts['stopped']} stopped early, "
-                f"{counts['ERROR']} failed of {self.total} | {best}")
+                f"{counts['ERROR']} failed of {self.total} | {self.epochs} epochs trained | {best}")
         if line != self.line:
             elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - self.started))
             print(f"[{elapsed}] {line}", flush=True)
             self.line = line
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.epochs += 1
         f1 = result.get("val_f1")
         if f1 is not None and (self.best is None or f1 > self.best):
             self.best, self.best_trial = f1, trial.trial_id if not trial.config.get("fixed_point") else trial.config["fixed_point"]
@@ -82,6 +84,8 @@ def trainable(config: dict[str, Any], conditions: dict, checkpoint_root: str) ->
 
     context = tune.get_context()
     node = ray.util.get_node_ip_address()
+    with open(Path(context.get_trial_dir()) / "attempts.log", "a") as log:  # one line per start: retries, nodes
+        log.write(f"{datetime.now().isoformat(timespec='seconds')} {node}\n")
 
     def report(row: dict[str, Any]) -> None:
         tune.report({**row, "node_ip": node})
@@ -119,9 +123,10 @@ def resources(settings: SearchSettings) -> dict[str, float]:
     return {"cpu": cpus, "gpu": gpus}
 
 
-def build_trials(space: spaces.Space, settings: SearchSettings, run_constants: dict[str, Any]):
-    """Ray's param_space and the fixed points (full configs for points_to_evaluate)."""
-    sampled = spaces.ray_space(space)
+def build_trials(space: spaces.Space, settings: SearchSettings, run_constants: dict[str, Any], held: list[str]):
+    """Ray's param_space and the fixed points (full configs for points_to_evaluate). Parameters in `held`
+    are not searched (a smoke run holds the image size)."""
+    sampled = {k: v for k, v in spaces.ray_space(space).items() if k not in held}
     defaults = TrialConfig().to_dict()
     # Ray only lets a point set keys of param_space: the keys the fixed points change go in at the report's
     # defaults, which is what a sampled trial that does not search them should get anyway.
@@ -138,7 +143,7 @@ def build_trials(space: spaces.Space, settings: SearchSettings, run_constants: d
 
 def run_search(space_path: str | Path, data_arg: str | None = None, results_dir: str | Path = "results",
                smoke: bool = False, address: str | None = None, **overrides: Any) -> Path:
-    """Run a search and return its run folder (also printed as the last line)."""
+    """Check everything, write the run folder's manifest, run the search; return the run folder."""
     space = spaces.load(space_path)
     spaces.check_defaults(space)
     settings = resolve_settings(space, overrides, smoke)
@@ -152,13 +157,15 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(results_dir).expanduser().resolve() / f"{stamp}-{space.name}{'-smoke' if smoke else ''}"
     run_dir.mkdir(parents=True, exist_ok=False)
+    (run_dir / "space.py").write_text(space.source)  # resume reads the space from here
     run_constants = {"data_dir": str(data_dir), "cache_dir": str(cache_dir), "split": settings.split,
                      "image_size": settings.image_size, "max_epochs": settings.max_epochs,
                      "patience": settings.patience, "seed": settings.seed, "data_limit": settings.data_limit}
     manifest = {
         "space_file": str(space.path), "space_source": space.source, "space_doc": space.doc,
-        "settings": settings.__dict__, "smoke": smoke, "run_constants": run_constants,
+        "settings": dataclasses.asdict(settings), "smoke": smoke, "run_constants": run_constants,
         "searched": sorted(space.params), "conditions": space.conditions,
+        "held_for_smoke": sorted(set(SMOKE) & set(space.params)) if smoke else [],
         "asha": {"metric": ASHA_METRIC, "mode": ASHA_MODE, "time_attr": "training_iteration (epochs)"},
         "packages": store.package_versions(), "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "python": sys.version.split()[0],
@@ -167,22 +174,40 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
         "started": datetime.now().isoformat(timespec="seconds"),
     }
     store.write_json(run_dir / "manifest.json", manifest)
-    return execute(run_dir, space, settings, run_constants, address)
+    print(f"run folder: {run_dir}", flush=True)
+    return execute(run_dir, address)
 
 
-def execute(run_dir: Path, space: spaces.Space, settings: SearchSettings, run_constants: dict[str, Any],
-            address: str | None, restore: bool = False) -> Path:
-    """Start (or restore) the Tune experiment in run_dir/ray, then write the tables."""
+def resume_search(run_dir: str | Path, address: str | None = None) -> Path:
+    """Finish an interrupted search to its planned size; finished trials are kept, not rerun."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    if not (run_dir / "manifest.json").is_file() or not (run_dir / "ray").is_dir():
+        raise UserError(f"{run_dir} is not a lungsearch run folder (expected manifest.json and ray/ inside)")
+    if not tune.Tuner.can_restore(str(run_dir / "ray")):
+        raise UserError(f"{run_dir / 'ray'} holds no Ray Tune experiment state to resume from")
+    return execute(run_dir, address, restore=True)
+
+
+def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
+    """Start (or restore) the Tune experiment in run_dir/ray as the manifest describes, then write the tables."""
+    manifest = store.read_json(run_dir / "manifest.json")
+    space = spaces.load(run_dir / "space.py")
+    settings = SearchSettings(**manifest["settings"])
     env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
+    # Save the experiment state every second (default: every 10 s or more), so that a driver killed right
+    # after a trial finished still finds that trial finished on resume.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": env})
     started = time.time()
     try:
         res = resources(settings)
-        param_space, points = build_trials(space, settings, run_constants)
+        param_space, points = build_trials(space, settings, manifest["run_constants"], manifest["held_for_smoke"])
         total = settings.num_samples + len(points)
         print(f"search: {settings.num_samples} sampled trial(s) + {len(points)} fixed point(s), "
-              f"{res['cpu']:g} CPU and {res['gpu']:g} GPU per trial, up to {settings.max_epochs} epochs", flush=True)
+              f"{res['cpu']:g} CPU and {res['gpu']:g} GPU per trial, up to {settings.max_epochs} epochs"
+              + (" (resumed)" if restore else ""), flush=True)
         fn = tune.with_resources(
             tune.with_parameters(trainable, conditions=space.conditions,
                                  checkpoint_root=str(run_dir / "checkpoints")), res)
@@ -210,14 +235,14 @@ def execute(run_dir: Path, space: spaces.Space, settings: SearchSettings, run_co
         tuner.fit()
     finally:
         ray.shutdown()
-    table = store.collect(run_dir, sorted(space.params))
+    table = store.collect(run_dir, sorted(space.params), space.conditions)
     kept = store.prune_checkpoints(run_dir, table, settings.keep_checkpoints)
-    manifest = store.read_json(run_dir / "manifest.json")
-    manifest.update({"finished": datetime.now().isoformat(timespec="seconds"),
-                     "search_wall_s": round(time.time() - started, 1), "checkpoints_kept": kept,
-                     "trial_startup_s_mean": float(table["startup_s"].mean()) if len(table) else None})
+    wall = time.time() - started + (manifest.get("search_wall_s", 0) if restore else 0)
+    manifest.update({"finished": datetime.now().isoformat(timespec="seconds"), "search_wall_s": round(wall, 1),
+                     "resumed": manifest.get("resumed", 0) + int(restore), "checkpoints_kept": kept,
+                     **store.time_summary(table, wall)})
     store.write_json(run_dir / "manifest.json", manifest)
-    print_table(table)
+    print_table(table, manifest)
     return run_dir
 
 
@@ -238,9 +263,14 @@ def print_split(summary: dict) -> None:
         print(f"warning: {len(summary['images_in_two_parts'])} identical image(s) in two parts (leakage)")
 
 
-def print_table(table) -> None:
+def print_table(table, manifest: dict) -> None:
     if table.empty:
         print("no trials ran")
         return
     cols = ["trial", "fixed_point", "status", "epochs_run", "val_f1", "val_auc", "test_f1", "test_accuracy"]
-    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    counts = table["status"].value_counts().to_dict()
+    print(f"{len(table)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + f"; split '{manifest['settings']['split']}'; search wall time {manifest['search_wall_s']:.0f} s; "
+          f"mean trial start-up (process start to first batch) {manifest['trial_startup_s_mean']:.1f} s; "
+          f"{100 * manifest['training_fraction']:.0f}% of trial time spent training", flush=True)

@@ -55,6 +55,10 @@ def load(path: str | Path) -> Space:
         if key not in known_settings:
             raise UserError(f"unknown setting {key!r} in SETTINGS of {path}; known settings: "
                             f"{', '.join(sorted(known_settings))}")
+    try:
+        SearchSettings(**settings)
+    except UserError as err:
+        raise UserError(f"SETTINGS of {path}: {err}") from None
     params, conditions = {}, {}
     hp = namespace.get("hp")
     if hp is not None:

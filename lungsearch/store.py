@@ -10,9 +10,12 @@ from typing import Any
 
 import pandas as pd
 
+from . import space as spaces
+
 PACKAGES = ("lungsearch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "ray", "keras-tuner",
             "numpy", "opencv-python-headless", "pandas", "matplotlib")
 METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
+HISTORY = ("epoch", "epoch_s", *METRICS, *(f"val_{m}" for m in METRICS))
 TEST_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "specificity", "auc", "tp", "fp", "fn", "tn")
 
 
@@ -48,13 +51,15 @@ def read_trial(trial_dir: Path) -> dict[str, Any]:
     if result_file.exists():
         rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
     starts = [i for i, r in enumerate(rows) if r.get("epoch") == 1]
-    attempts = max(len(starts), 1)
+    attempts_file = trial_dir / "attempts.log"
+    attempts = attempts_file.read_text().split() if attempts_file.exists() else []
+    nodes = attempts[1::2]  # lines are "<time> <node ip>"
     if starts:
         rows = rows[starts[-1]:]  # a retried trial starts again from epoch 1
     error_file = trial_dir / "error.txt"
     error = error_file.read_text().strip() if error_file.exists() else ""
-    return {"dir": trial_dir, "id": config.get("trial_id") or trial_dir.name, "config": config, "rows": rows,
-            "attempts": attempts, "error": error}
+    return {"dir": trial_dir, "config": config, "rows": rows, "attempts": max(len(nodes), 1), "nodes": nodes,
+            "error": error}
 
 
 def trial_status(trial: dict[str, Any]) -> str:
@@ -66,11 +71,12 @@ def trial_status(trial: dict[str, Any]) -> str:
     return "stopped" if rows else "not started"
 
 
-def collect(run_dir: Path, searched: list[str]) -> pd.DataFrame:
+def collect(run_dir: Path, searched: list[str], conditions: dict[str, list] | None = None) -> pd.DataFrame:
     """Write trials.csv (one row per trial) and history.csv (one row per trial and epoch); return the trials."""
     run_dir = Path(run_dir)
     trials, history = [], []
     for t in map(read_trial, trial_dirs(run_dir)):
+        active = spaces.active(t["config"], conditions or {})
         rows, last = t["rows"], (t["rows"][-1] if t["rows"] else {})
         status = trial_status(t)
         name = t["dir"].name
@@ -85,19 +91,19 @@ def collect(run_dir: Path, searched: list[str]) -> pd.DataFrame:
             "best_epoch": best_epoch,
             "stopped_at_rung": len(rows) if status == "stopped" else None,
             "retries": t["attempts"] - 1,
-            "node": last.get("node_ip", ""),
+            "node": last.get("node_ip") or (t["nodes"][-1] if t["nodes"] else ""),
+            "nodes_tried": " ".join(t["nodes"]),
             "startup_s": rows[0].get("startup_s") if rows else None,
             "mean_epoch_s": sum(r.get("epoch_s", 0) for r in rows) / len(rows) if rows else None,
             **{f"val_{m}": best.get(f"val_{m}") for m in METRICS},
             **{f"test_{m}": last.get(f"test_{m}") for m in TEST_METRICS},
-            **{f"cfg_{k}": t["config"].get(k) for k in searched},
+            **{f"cfg_{k}": active.get(k) for k in searched},  # blank where a condition switched it off
             "error": t["error"].splitlines()[-1] if t["error"] else "",
             "trial_dir": str(t["dir"]),
         }
         trials.append(record)
         for r in rows:
-            history.append({"trial": name, "fixed_point": record["fixed_point"], **{k: v for k, v in r.items()
-                            if k in ("epoch", "epoch_s") or k.split("_", 1)[-1] in METRICS or k in METRICS}})
+            history.append({"trial": name, "fixed_point": record["fixed_point"], **{k: r.get(k) for k in HISTORY}})
     table = pd.DataFrame(trials)
     if not table.empty:
         table = table.sort_values(["val_f1", "val_auc"], ascending=False, na_position="last")
@@ -118,3 +124,13 @@ def prune_checkpoints(run_dir: Path, table: pd.DataFrame, keep: int) -> list[str
         else:
             shutil.rmtree(folder, ignore_errors=True)
     return kept
+
+
+def time_summary(table: pd.DataFrame, wall_s: float) -> dict[str, float | None]:
+    """Mean trial start-up and the share of summed trial time spent in training epochs."""
+    if table.empty:
+        return {"trial_startup_s_mean": None, "training_fraction": None}
+    startup = table["startup_s"].fillna(0)
+    training = (table["mean_epoch_s"].fillna(0) * table["epochs_run"]).sum()
+    return {"trial_startup_s_mean": round(float(startup.mean()), 2),
+            "training_fraction": round(float(training / max(training + startup.sum(), 1e-9)), 3)}
