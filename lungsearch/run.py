@@ -24,18 +24,16 @@ ENV_PASSED = ("KERAS_BACKEND", "XLA_PYTHON_CLIENT_PREALLOCATE", "TF_FORCE_GPU_AL
 
 
 class FixedPointASHA(AsyncHyperBandScheduler):
-    """ASHA that never stops a fixed point and keeps fixed points out of its rungs."""
+    """ASHA that never stops a fixed point. Fixed points are still recorded in the rungs, so a sampled
+    trial is judged against the report's models as well as against the other trials."""
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
         if trial.config.get("fixed_point"):
+            if action == TrialScheduler.STOP:
+                self._num_stopped -= 1
             return TrialScheduler.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        if trial.config.get("fixed_point"):
-            self._trial_info.pop(trial.trial_id, None)
-            return
-        super().on_trial_complete(tune_controller, trial, result)
+        return action
 
 
 class Progress(tune.Callback):

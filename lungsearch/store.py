@@ -106,6 +106,8 @@ def collect(run_dir: Path, searched: list[str], conditions: dict[str, list] | No
             history.append({"trial": name, "fixed_point": record["fixed_point"], **{k: r.get(k) for k in HISTORY}})
     table = pd.DataFrame(trials)
     if not table.empty:
+        for col in ("best_epoch", "stopped_at_rung"):
+            table[col] = table[col].astype("Int64")
         table = table.sort_values(["val_f1", "val_auc"], ascending=False, na_position="last")
     table.to_csv(run_dir / "trials.csv", index=False)
     pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
