@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 import sys
@@ -75,21 +76,26 @@ class Progress(tune.Callback):
         self.show(trials)
 
 
-def trainable(config: dict[str, Any], conditions: dict, checkpoint_root: str) -> None:
-    """The Ray Tune trial: drop inactive conditional parameters, train, report each epoch through Tune."""
+def trainable(config: dict[str, Any], conditions: dict, run_dir: str) -> None:
+    """The Ray Tune trial: drop inactive conditional parameters, train, report each epoch through Tune.
+
+    Writes into the run folder directly (checkpoints/, attempts/), so on a cluster the run folder must
+    be on storage every node reaches."""
     started = time.time()
     from .train import run_trial
 
-    context = tune.get_context()
-    node = ray.util.get_node_ip_address()
-    with open(Path(context.get_trial_dir()) / "attempts.log", "a") as log:  # one line per start: retries, nodes
-        log.write(f"{datetime.now().isoformat(timespec='seconds')} {node}\n")
+    name = tune.get_context().get_trial_name()
+    node_ip, node_id = ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()
+    attempts = Path(run_dir) / "attempts"
+    attempts.mkdir(exist_ok=True)
+    with open(attempts / f"{name}.log", "a") as log:  # one line per start: retries and the nodes they ran on
+        log.write(f"{datetime.now().isoformat(timespec='seconds')} {node_ip} {node_id}\n")
 
     def report(row: dict[str, Any]) -> None:
-        tune.report({**row, "node_ip": node})
+        tune.report({**row, "node_ip": node_ip, "node_id": node_id})
 
-    run_trial(spaces.active(config, conditions), report,
-              checkpoint_dir=Path(checkpoint_root) / context.get_trial_name(), started=started)
+    run_trial(spaces.active(config, conditions), report, checkpoint_dir=Path(run_dir) / "checkpoints" / name,
+              started=started)
 
 
 def trial_name(trial) -> str:
@@ -100,7 +106,10 @@ def resolve_settings(space: spaces.Space, overrides: dict[str, Any], smoke: bool
     settings = SearchSettings(**space.settings)
     if smoke:
         settings = settings.replace(**SMOKE, num_samples=min(settings.num_samples, 8))
-    return settings.replace(**overrides)
+    settings = settings.replace(**overrides)
+    if settings.searcher == "tpe" and importlib.util.find_spec("optuna") is None:
+        raise UserError('--searcher tpe needs Optuna: pip install -e ".[tpe]"')
+    return settings
 
 
 def data_dir_from(arg: str | None) -> Path:
@@ -141,7 +150,13 @@ def build_trials(space: spaces.Space, settings: SearchSettings, run_constants: d
 
 def run_search(space_path: str | Path, data_arg: str | None = None, results_dir: str | Path = "results",
                smoke: bool = False, address: str | None = None, **overrides: Any) -> Path:
-    """Check everything, write the run folder's manifest, run the search; return the run folder."""
+    """Check everything, write the run folder's manifest, run the search; return the run folder.
+
+    With `address` (a Ray cluster), `results_dir` and the data folder must be paths every node reaches.
+    """
+    if "://" in str(results_dir):
+        raise UserError(f"--storage/--results must be a file system path every node can reach (NFS, or a bucket "
+                        f"mounted with e.g. s3fs or gcsfuse), got the URI {results_dir!r}")
     space = spaces.load(space_path)
     spaces.check_defaults(space)
     settings = resolve_settings(space, overrides, smoke)
@@ -196,8 +211,9 @@ def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
     # after a trial finished still finds that trial finished on resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
+    local = {} if address else {"_node_ip_address": "127.0.0.1"}  # a local instance listens on loopback only
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": env})
+             runtime_env={"env_vars": env}, **local)
     started = time.time()
     try:
         res = resources(settings)
@@ -207,8 +223,7 @@ def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
               f"{res['cpu']:g} CPU and {res['gpu']:g} GPU per trial, up to {settings.max_epochs} epochs"
               + (" (resumed)" if restore else ""), flush=True)
         fn = tune.with_resources(
-            tune.with_parameters(trainable, conditions=space.conditions,
-                                 checkpoint_root=str(run_dir / "checkpoints")), res)
+            tune.with_parameters(trainable, conditions=space.conditions, run_dir=str(run_dir)), res)
         if restore:
             tuner = tune.Tuner.restore(str(run_dir / "ray"), trainable=fn, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
@@ -230,10 +245,11 @@ def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
                     failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 ),
             )
-        tuner.fit()
+        results = tuner.fit()
+        failed = {Path(r.path).name for r in results if r.error}  # out of retries; a retried success is not here
     finally:
         ray.shutdown()
-    table = store.collect(run_dir, sorted(space.params), space.conditions)
+    table = store.collect(run_dir, sorted(space.params), space.conditions, failed)
     kept = store.prune_checkpoints(run_dir, table, settings.keep_checkpoints)
     wall = time.time() - started + (manifest.get("search_wall_s", 0) if restore else 0)
     manifest.update({"finished": datetime.now().isoformat(timespec="seconds"), "search_wall_s": round(wall, 1),
@@ -246,8 +262,8 @@ def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
 
 def searcher(settings: SearchSettings, points: list[dict]):
     if settings.searcher == "tpe":
-        from ray.tune.search.optuna import OptunaSearch
         import optuna
+        from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(points_to_evaluate=points or None, sampler=optuna.samplers.TPESampler(seed=settings.seed))
     return BasicVariantGenerator(points_to_evaluate=points or None, random_state=settings.seed)

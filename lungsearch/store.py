@@ -51,9 +51,9 @@ def read_trial(trial_dir: Path) -> dict[str, Any]:
     if result_file.exists():
         rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
     starts = [i for i, r in enumerate(rows) if r.get("epoch") == 1]
-    attempts_file = trial_dir / "attempts.log"
-    attempts = attempts_file.read_text().split() if attempts_file.exists() else []
-    nodes = attempts[1::2]  # lines are "<time> <node ip>"
+    attempts_file = trial_dir.parent.parent / "attempts" / f"{trial_dir.name}.log"
+    lines = attempts_file.read_text().splitlines() if attempts_file.exists() else []
+    nodes = [line.split()[-1][:12] for line in lines if line.strip()]  # lines are "<time> <node ip> <node id>"
     if starts:
         rows = rows[starts[-1]:]  # a retried trial starts again from epoch 1
     error_file = trial_dir / "error.txt"
@@ -62,23 +62,27 @@ def read_trial(trial_dir: Path) -> dict[str, Any]:
             "error": error}
 
 
-def trial_status(trial: dict[str, Any]) -> str:
+def trial_status(trial: dict[str, Any], failed: set[str]) -> str:
+    """finished (ran to its end), failed (raised on its last try), stopped (by ASHA) or not started."""
     rows = trial["rows"]
     if rows and rows[-1].get("final"):
         return "finished"
-    if trial["error"]:
+    if trial["dir"].name in failed:
         return "failed"
     return "stopped" if rows else "not started"
 
 
-def collect(run_dir: Path, searched: list[str], conditions: dict[str, list] | None = None) -> pd.DataFrame:
-    """Write trials.csv (one row per trial) and history.csv (one row per trial and epoch); return the trials."""
+def collect(run_dir: Path, searched: list[str], conditions: dict[str, list], failed: set[str]) -> pd.DataFrame:
+    """Write trials.csv (one row per trial) and history.csv (one row per trial and epoch); return the trials.
+
+    `failed` names the trials Ray gave up on; a trial that failed and then succeeded on a retry is not one.
+    """
     run_dir = Path(run_dir)
     trials, history = [], []
     for t in map(read_trial, trial_dirs(run_dir)):
-        active = spaces.active(t["config"], conditions or {})
+        active = spaces.active(t["config"], conditions)
         rows, last = t["rows"], (t["rows"][-1] if t["rows"] else {})
-        status = trial_status(t)
+        status = trial_status(t, failed)
         name = t["dir"].name
         best_epoch = last.get("best_epoch") or (min(rows, key=lambda r: r.get("val_loss", float("inf")))["epoch"]
                                                  if rows else None)
@@ -91,14 +95,15 @@ def collect(run_dir: Path, searched: list[str], conditions: dict[str, list] | No
             "best_epoch": best_epoch,
             "stopped_at_rung": len(rows) if status == "stopped" else None,
             "retries": t["attempts"] - 1,
-            "node": last.get("node_ip") or (t["nodes"][-1] if t["nodes"] else ""),
+            "node": t["nodes"][-1] if t["nodes"] else "",
+            "node_ip": last.get("node_ip", ""),
             "nodes_tried": " ".join(t["nodes"]),
             "startup_s": rows[0].get("startup_s") if rows else None,
             "mean_epoch_s": sum(r.get("epoch_s", 0) for r in rows) / len(rows) if rows else None,
             **{f"val_{m}": best.get(f"val_{m}") for m in METRICS},
             **{f"test_{m}": last.get(f"test_{m}") for m in TEST_METRICS},
             **{f"cfg_{k}": active.get(k) for k in searched},  # blank where a condition switched it off
-            "error": t["error"].splitlines()[-1] if t["error"] else "",
+            "error": t["error"].splitlines()[-1] if t["error"] else "",  # the last error, also of a retried trial
             "trial_dir": str(t["dir"]),
         }
         trials.append(record)

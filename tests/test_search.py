@@ -62,13 +62,14 @@ def final_trials(run_dir: Path) -> list[Path]:
     return [p.parent for p in (run_dir / "ray").glob("*/result.json") if '"final": true' in p.read_text()]
 
 
-def test_resume_after_the_driver_is_killed_finishes_without_rerunning(tmp_path, dataset, cache_dir):
+def kill_driver_then_resume(tmp_path, dataset, extra=()):
+    """Start a search, SIGKILL its driver once a trial has finished, resume it, and check nothing was rerun."""
     space_file = tmp_path / "lr.py"
     space_file.write_text(SPACE.replace('[3, 5, 7]', '[3]') % (3, 1))
     results = tmp_path / "results"
     driver = subprocess.Popen([sys.executable, "-m", "lungsearch", "run", str(space_file), "--data", str(dataset),
-                               "--smoke", "--results", str(results)], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=False)
+                               "--smoke", "--results", str(results), *extra], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     run_dir = None
     while time.time() < deadline:
@@ -84,7 +85,7 @@ def test_resume_after_the_driver_is_killed_finishes_without_rerunning(tmp_path, 
     done_before = {p.name: (p / "result.json").read_text() for p in final_trials(run_dir)}
     assert not (run_dir / "trials.csv").exists()
 
-    out = lungsearch("resume", run_dir)
+    out = lungsearch("resume", run_dir, *extra[:2])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "(resumed)" in out.stdout
     trials = pd.read_csv(run_dir / "trials.csv", keep_default_na=False)
@@ -94,3 +95,7 @@ def test_resume_after_the_driver_is_killed_finishes_without_rerunning(tmp_path, 
         assert trials.set_index("trial").loc[name, "retries"] == 0
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["resumed"] == 1
+
+
+def test_resume_after_the_driver_is_killed_finishes_without_rerunning(tmp_path, dataset, cache_dir):
+    kill_driver_then_resume(tmp_path, dataset)
