@@ -44,6 +44,10 @@ class Progress(tune.Callback):
         self.total, self.best, self.best_trial, self.line, self.epochs = total, None, "", "", 0
         self.started = time.time()
 
+    def __setstate__(self, state: dict) -> None:
+        """`resume` unpickles this callback from the experiment: count afresh from now."""
+        self.__init__(state["total"])
+
     def show(self, trials) -> None:
         counts = {"RUNNING": 0, "finished": 0, "stopped": 0, "ERROR": 0}
         for t in trials:
@@ -226,7 +230,7 @@ def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
             tune.with_parameters(trainable, conditions=space.conditions, run_dir=str(run_dir)), res)
         if restore:
             tuner = tune.Tuner.restore(str(run_dir / "ray"), trainable=fn, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
+                                       restart_errored=True)  # a trial lost with the driver or a node gets another go
         else:
             tuner = tune.Tuner(
                 fn,

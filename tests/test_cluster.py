@@ -79,9 +79,20 @@ def cluster(tmp_path_factory):
          "print(json.dumps({n['NodeManagerPort']: n['NodeID'] for n in ray.nodes() if n['Alive']}))" % address],
         capture_output=True, text=True, check=True, env=env, timeout=120).stdout.strip().splitlines()[-1])
     yield {"address": address, "workers": workers, "node_ids": {int(k): v for k, v in node_ids.items()}}
-    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    stop_cluster(port)
     for k, v in saved.items():
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def stop_cluster(port: int) -> None:
+    """Kill this cluster's processes only (`ray stop` would also stop every other Ray instance on the machine)."""
+    roots = processes_with(f"--gcs_server_port={port}") + processes_with(f"127.0.0.1:{port}")
+    for pid in {c for r in roots for c in children(r)} | set(roots):
+        if pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def kill_node(nm_port: int) -> None:
