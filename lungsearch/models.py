@@ -93,7 +93,7 @@ def build(cfg: TrialConfig) -> keras.Model:
     x = inputs
     if cfg.augment:
         x = RandomAffine(cfg.aug_rotation, cfg.aug_zoom, cfg.aug_shift, cfg.aug_shear, cfg.aug_flip,
-                         seed=cfg.seed, name="augment")(x)
+                         seed=cfg.seed, name="augment", dtype="float32")(x)  # warps in float32 under bfloat16
     for i in range(cfg.conv_blocks):
         side = x.shape[1] - (0 if cfg.residual or cfg.padding == "same" else cfg.kernel_size - 1)
         if side < 2:

@@ -55,3 +55,14 @@ def test_a_bad_config_raises_before_training(dataset, cache_dir):
 def test_class_weights_balance_the_classes():
     w = class_weights(np.array([0, 1, 1, 1], dtype=np.float32))
     assert w[0] * 1 == pytest.approx(w[1] * 3)
+
+
+def test_mixed_precision_trains_with_a_float32_output(dataset, cache_dir):
+    rows = []
+    try:
+        run_trial(tiny(dataset, cache_dir, max_epochs=1, mixed_precision=True, augment=True, batchnorm=True),
+                  rows.append)
+        assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert np.isfinite(rows[-1]["loss"]) and 0 <= rows[-1]["test_f1"] <= 1
