@@ -34,6 +34,22 @@ def parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir")
     resume.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT")
 
+    report = sub.add_parser("report", help="rank trials, evaluate the best on test, write report.html and export "
+                                           "the best model (run does this at its end)")
+    report.add_argument("run_dir", help="a run folder (the last line `run` printed)")
+    report.add_argument("--top", type=int, default=5, help="top trials to evaluate on test (default 5)")
+    report.add_argument("--ensemble", type=int, help="average the top K trials; also exports ensemble.json "
+                                                     "(default: 3, shown in the report only; 0: none)")
+    report.add_argument("--data", help="the run's dataset, if it moved (default: the folder the run used)")
+
+    evaluate = sub.add_parser("evaluate", help="metrics of a model on a dataset folder's test/ part (or all images)")
+    evaluate.add_argument("model", help="a .keras file, best_model.json or ensemble.json")
+    evaluate.add_argument("--data", help="dataset folder (default: $LUNGSEARCH_DATA)")
+
+    predict = sub.add_parser("predict", help="probability and label of each image")
+    predict.add_argument("model", help="a .keras file, best_model.json or ensemble.json")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+
     check = sub.add_parser("data", help="dataset tools")
     check_sub = check.add_subparsers(dest="data_command", required=True)
     dc = check_sub.add_parser("check", help="counts, sizes, unreadable files, duplicates and shared patients")
@@ -54,13 +70,28 @@ def main(argv: list[str] | None = None) -> int:
                 gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                 max_failures=args.max_failures, searcher=args.searcher, fixed_points=args.fixed_points,
             )
+            report_quietly(run_dir)
             print(run_dir)
             return 0
         if args.command == "resume":
             from .run import resume_search
 
-            print(resume_search(args.run_dir, args.address))
+            run_dir = resume_search(args.run_dir, args.address)
+            report_quietly(run_dir)
+            print(run_dir)
             return 0
+        if args.command == "report":
+            from .report import write_report
+
+            print(write_report(args.run_dir, args.top, 3 if args.ensemble is None else args.ensemble,
+                               export_ensemble=args.ensemble is not None, data_dir=args.data))
+            return 0
+        if args.command in ("evaluate", "predict"):
+            from . import predict
+
+            if args.command == "predict":
+                return predict.predict(args.model, args.images)
+            return predict.evaluate(args.model, args.data)
         if args.command == "data":
             from .check import check_dataset
 
@@ -71,3 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1
+
+
+def report_quietly(run_dir) -> None:
+    """The report at the end of a search; if it fails, say so and carry on (the run folder is complete)."""
+    try:
+        from .report import write_report
+
+        write_report(run_dir)
+    except Exception as err:  # noqa: BLE001  the search's results are already saved
+        print(f"warning: the report for {run_dir} failed ({type(err).__name__}: {err}); the run's results are "
+              f"saved; retry with `python -m lungsearch report {run_dir}`", file=sys.stderr)

@@ -1,0 +1,299 @@
+"""Rank a run's trials, evaluate the best models and the report's three models on the held-out test part
+(bootstrap confidence intervals), average the top trials into an ensemble, export models. No plotting here.
+Thresholds are only ever chosen on the validation part."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from . import data, space as spaces, store
+from .config import FIXED_POINTS, TrialConfig, UserError
+from .metrics import binary_metrics
+from .predict import load_model
+
+FIXED = tuple(FIXED_POINTS)  # base, bn_aug, bn_aug_dropout
+CI_METRICS = ("accuracy", "precision", "recall", "f1", "specificity", "auc")
+# The source report's test figures (random 80:20 image split); no loss, recall and precision for base only.
+SOURCE_REPORT = {"base": {"accuracy": 0.9555, "f1": 0.9686, "recall": 0.9762, "precision": 0.9622},
+                 "bn_aug": {"accuracy": 0.9478, "f1": 0.9632},
+                 "bn_aug_dropout": {"accuracy": 0.9418, "f1": 0.9572}}
+SPLIT_NAMES = {"patient": "patient-grouped split (no child in two parts)",
+               "report": "random 80:20 image split, as the source report (images of one child may sit in "
+                         "train and test, so figures are optimistic)"}
+
+
+@dataclass
+class Run:
+    """A finished run folder: manifest, trials (leaderboard order) and per-epoch history."""
+
+    dir: Path
+    manifest: dict[str, Any]
+    trials: pd.DataFrame
+    history: pd.DataFrame
+
+    def checkpoint(self, trial: str) -> Path | None:
+        path = self.dir / "checkpoints" / trial / "model.keras"
+        return path if path.is_file() else None
+
+    def config(self, trial: str) -> TrialConfig:
+        """The trial's full config, inactive conditional parameters dropped, as it was trained."""
+        params = store.read_json(self.dir / "ray" / trial / "params.json")
+        return TrialConfig.from_dict(spaces.active(params, self.manifest.get("conditions", {})))
+
+
+@dataclass
+class Evaluation:
+    """One model (or an ensemble) on the validation and test parts."""
+
+    name: str  # fixed point name, trial name, or "ensemble of k"
+    trials: list[str]
+    image_sizes: list[int]
+    threshold: float  # chosen on validation (maximises validation F1)
+    val: dict[str, float]  # at 0.5
+    test: dict[str, float]  # at 0.5
+    test_tuned: dict[str, float]  # at the validation threshold
+    ci: dict[str, tuple[float, float]]  # 95% bootstrap intervals at 0.5
+    ci_tuned: dict[str, tuple[float, float]]  # ... at the validation threshold
+    y_val: np.ndarray = field(repr=False)  # labels and probabilities, kept for ensembles and figures
+    p_val: np.ndarray = field(repr=False)
+    y_test: np.ndarray = field(repr=False)
+    p_test: np.ndarray = field(repr=False)
+    fixed_point: str = ""
+
+
+@dataclass
+class Analysis:
+    run: Run
+    board: pd.DataFrame  # the leaderboard
+    evals: dict[str, Evaluation]  # by trial name: the fixed points, the top trials and the ensemble members
+    top: list[str]  # the top trials with checkpoints, best first
+    best: Evaluation | None
+    ensemble: Evaluation | None
+    data: "RunData"
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run folder; a folder that is not a finished run is a UserError saying what to do."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} does not exist; pass the folder `lungsearch run` printed last")
+    if not (run_dir / "manifest.json").is_file():
+        raise UserError(f"{run_dir} has no manifest.json: not a lungsearch run folder (pass the folder "
+                        f"`lungsearch run` printed last)")
+    if not (run_dir / "trials.csv").is_file():
+        raise UserError(f"{run_dir} has no trials.csv: the search did not finish; finish it with "
+                        f"`python -m lungsearch resume {run_dir}`, then report again")
+    if (run_dir / "trials.csv").stat().st_size < 5:  # pandas writes an empty table as a blank line
+        raise UserError(f"{run_dir / 'trials.csv'} lists no trials: nothing ran, so there is nothing to report")
+    trials = pd.read_csv(run_dir / "trials.csv", dtype={"fixed_point": str, "error": str})
+    trials[["fixed_point", "error"]] = trials[["fixed_point", "error"]].fillna("")
+    hist = run_dir / "history.csv"
+    history = (pd.read_csv(hist) if hist.is_file() and hist.stat().st_size > 1 else
+               pd.DataFrame(columns=["trial", "fixed_point", "epoch", "val_f1"]))  # no trial trained an epoch
+    return Run(run_dir, store.read_json(run_dir / "manifest.json"), leaderboard(trials), history)
+
+
+def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials ranked by validation F1, ties broken by validation AUC; trials without metrics last."""
+    board = trials.sort_values(["val_f1", "val_auc"], ascending=False, na_position="last",
+                               kind="mergesort").reset_index(drop=True)
+    board.insert(0, "rank", np.arange(1, len(board) + 1))
+    return board
+
+
+class RunData:
+    """The run's dataset and split, with validation and test arrays decoded once per image size."""
+
+    def __init__(self, run: Run, data_dir: str | Path | None = None, log: Callable[[str], Any] = print):
+        consts = run.manifest["run_constants"]
+        self.dir = Path(data_dir or consts["data_dir"]).expanduser()
+        if not self.dir.is_dir():
+            raise UserError(f"the run's dataset {self.dir} is not there; pass --data DIR pointing at the same "
+                            f"dataset (fingerprint {run.manifest['data']['fingerprint']})")
+        self.consts, self.log, self.manifest = consts, log, run.manifest
+        self.arrays_by_size: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        self.ds, self.images = self.load(int(consts["image_size"]))
+        self.split = data.make_split(self.ds, consts["split"], int(consts["seed"]), int(consts["data_limit"]))
+
+    def load(self, size: int) -> tuple[data.Dataset, np.ndarray]:
+        ds, images = data.load(self.dir, size, None, log=self.log)  # this user's cache ($LUNGSEARCH_CACHE)
+        if ds.fingerprint != self.manifest["data"]["fingerprint"]:
+            raise UserError(f"dataset {self.dir} has fingerprint {ds.fingerprint} but the run used "
+                            f"{self.manifest['data']['fingerprint']}: the files changed, so the run's test part "
+                            f"cannot be rebuilt; pass --data DIR with the dataset the run was trained on")
+        return ds, images
+
+    def parts(self, size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Validation and test inputs at `size` px (the split's indices do not depend on the size)."""
+        if size not in self.arrays_by_size:
+            ds, images = (self.ds, self.images) if size == int(self.consts["image_size"]) else self.load(size)
+            self.arrays_by_size[size] = {p: data.arrays(images, ds, self.split[p]) for p in ("val", "test")}
+        return self.arrays_by_size[size]
+
+
+def val_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The decision threshold that maximises F1 on (y, p), placed midway between two distinct scores;
+    among equally good thresholds the one nearest 0.5. Use on validation data only."""
+    y = np.asarray(y).ravel().astype(bool)
+    p = np.clip(np.asarray(p).ravel().astype(np.float64), 1e-7, 1 - 1e-7)  # as binary_metrics compares
+    if not y.any():
+        return 0.5
+    values = np.unique(p)
+    cuts = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2])  # cut i: p >= values[i] positive
+    tp = y.sum() - np.searchsorted(np.sort(p[y]), values, side="left")
+    fp = (~y).sum() - np.searchsorted(np.sort(p[~y]), values, side="left")
+    f1 = 2 * tp / (tp + y.sum() + fp)
+    best = np.flatnonzero(np.isclose(f1, f1.max(), rtol=0, atol=1e-12))
+    return float(cuts[best[np.argmin(np.abs(cuts[best] - 0.5))]])
+
+
+def weighted_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """binary_metrics' accuracy, precision, recall, F1, specificity and AUC for many weightings at once:
+    row b of `w` (B x N) counts how often each sample is drawn. Vectorised for the bootstrap."""
+    y = np.asarray(y).ravel().astype(bool)
+    p = np.clip(np.asarray(p).ravel().astype(np.float64), 1e-7, 1 - 1e-7)
+    pred = p >= threshold
+    tp, fp, fn, tn = w @ (pred & y), w @ (pred & ~y), w @ (~pred & y), w @ (~pred & ~y)
+
+    def ratio(a, b):
+        return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    order = np.argsort(p, kind="mergesort")
+    sorted_p, ws = p[order], w[:, order]
+    starts = np.flatnonzero(np.r_[True, np.diff(sorted_p) != 0])  # groups of tied scores
+    pos = np.add.reduceat(ws * y[order], starts, axis=1)
+    neg = np.add.reduceat(ws * ~y[order], starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = np.where((n_pos > 0) & (n_neg > 0), (pos * (below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg), np.nan)
+    return {"accuracy": ratio(tp + tn, tp + tn + fp + fn), "precision": precision, "recall": recall,
+            "f1": ratio(2 * precision * recall, precision + recall), "specificity": ratio(tn, tn + fp), "auc": auc}
+
+
+def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals (seeded; `n_boot` resamples of the test images) for CI_METRICS."""
+    n = len(np.ravel(y))
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    w = np.bincount((idx + n * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n)
+    values = weighted_metrics(y, p, w.reshape(n_boot, n).astype(np.float64), threshold)
+    tail = 100 * (1 - level) / 2
+    return {m: tuple(float(v) for v in np.nanpercentile(values[m], [tail, 100 - tail])) for m in CI_METRICS}
+
+
+def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+    y = np.asarray(y).ravel().astype(bool)
+    order = np.argsort(-np.asarray(p).ravel(), kind="mergesort")
+    tp, fp = np.cumsum(y[order]), np.cumsum(~y[order])
+    last = np.r_[np.diff(np.asarray(p).ravel()[order]) != 0, True]
+    return (np.r_[0, fp[last] / max(fp[-1], 1)], np.r_[0, tp[last] / max(tp[-1], 1)])
+
+
+def evaluate(name: str, trials: list[str], sizes: list[int], y_val, p_val, y_test, p_test, n_boot: int = 1000,
+             seed: int = 0, fixed_point: str = "") -> Evaluation:
+    """Metrics at 0.5 and at the threshold chosen on validation, with bootstrap intervals on test."""
+    thr = val_threshold(y_val, p_val)
+    return Evaluation(name, trials, sizes, thr, binary_metrics(y_val, p_val), binary_metrics(y_test, p_test),
+                      binary_metrics(y_test, p_test, thr), bootstrap_ci(y_test, p_test, 0.5, n_boot, seed),
+                      bootstrap_ci(y_test, p_test, thr, n_boot, seed), y_val, p_val, y_test, p_test, fixed_point)
+
+
+def analyse(run_dir: str | Path, top: int = 5, ensemble: int = 3, data_dir: str | Path | None = None,
+            n_boot: int = 1000, log: Callable[[str], Any] = print) -> Analysis:
+    """Rank the trials and evaluate the fixed points, the `top` best trials with checkpoints and an
+    ensemble of the `ensemble` best (0: none) on the run's own validation and test parts."""
+    if top < 1:
+        raise UserError(f"--top must be at least 1, got {top}")
+    if ensemble == 1 or ensemble < 0:
+        raise UserError(f"--ensemble must be 2 or more (or 0 for none), got {ensemble}")
+    run = load_run(run_dir)  # trials in leaderboard order
+    board = run.trials.assign(checkpoint=[run.checkpoint(t) is not None for t in run.trials["trial"]])
+    ranked = list(board.loc[board["checkpoint"], "trial"])
+    fixed = [t for t in ranked if board.set_index("trial").loc[t, "fixed_point"]]
+    wanted = list(dict.fromkeys(ranked[: max(top, ensemble)] + fixed))
+    rdata = RunData(run, data_dir, log)
+    seed = int(run.manifest["run_constants"].get("seed", 0))
+    evals = {}
+    for trial in wanted:
+        cfg = run.config(trial)
+        model = load_model(run.checkpoint(trial))
+        size = int(model.input_shape[1])
+        (x_val, y_val), (x_test, y_test) = rdata.parts(size)["val"], rdata.parts(size)["test"]
+        p_val, p_test = (np.asarray(model.predict(x, batch_size=256, verbose=0), np.float64).ravel()
+                         for x in (x_val, x_test))
+        evals[trial] = evaluate(cfg.fixed_point or trial, [trial], [size], y_val.ravel(), p_val, y_test.ravel(),
+                                p_test, n_boot, seed, cfg.fixed_point)
+        log(f"evaluated {trial}: test F1 {evals[trial].test['f1']:.4f} at 0.5, "
+            f"{evals[trial].test_tuned['f1']:.4f} at the validation threshold {evals[trial].threshold:.3f}")
+    members, ens = (ranked[:ensemble] if ensemble else []), None
+    if len(members) >= 2:
+        first = evals[members[0]]
+        ens = evaluate(f"ensemble of {len(members)}", members, [s for m in members for s in evals[m].image_sizes],
+                       first.y_val, np.mean([evals[m].p_val for m in members], axis=0), first.y_test,
+                       np.mean([evals[m].p_test for m in members], axis=0), n_boot, seed)
+    board = board.drop(columns=["trial_dir"], errors="ignore")
+    board.to_csv(run.dir / "leaderboard.csv", index=False)  # rank, trial, ..., checkpoint (True if saved)
+    best = evals[ranked[0]] if ranked else None
+    return Analysis(run, board, evals, ranked[:top], best, ens, rdata)
+
+
+def asha_rungs(run: Run) -> list[tuple[int, pd.Series]]:
+    """ASHA's rungs (epochs, placed as Ray's AsyncHyperBand places them), each with the validation F1 there
+    of the sampled trials that reached it (fixed points are never stopped, so they are left out)."""
+    s, h = run.manifest["settings"], run.history
+    lo, hi, rf = min(s["grace_period"], s["max_epochs"]), s["max_epochs"], s["reduction_factor"]
+    rungs = sorted({lo * rf ** k for k in range(int(np.log(hi / lo) / np.log(rf) + 1))} | {hi})
+    sampled = set(run.trials.loc[run.trials["fixed_point"] == "", "trial"])
+    return [(r, h.loc[(h["epoch"] == r) & h["trial"].isin(sampled), "val_f1"]) for r in rungs]
+
+
+def card(a: Analysis, ev: Evaluation) -> dict[str, Any]:
+    """What a user of an exported model needs: input, threshold, metrics, config, data and split."""
+    protocol = a.run.manifest["run_constants"]["split"]
+    return {
+        "classes": list(data.CLASSES), "output": "probability of PNEUMONIA (sigmoid)",
+        "input": "greyscale, resized to image_size x image_size (OpenCV bilinear), scaled to [0, 1]",
+        "greyscale": True, "image_size": ev.image_sizes[0] if len(set(ev.image_sizes)) == 1 else ev.image_sizes,
+        "threshold": ev.threshold, "threshold_chosen_on": "validation part (maximises validation F1)",
+        "metrics": {"test_at_0.5": ev.test, "test_at_threshold": ev.test_tuned, "val_at_0.5": ev.val,
+                    "test_ci95_at_0.5": ev.ci, "test_ci95_at_threshold": ev.ci_tuned},
+        "trials": ev.trials, "fixed_point": ev.fixed_point, "data_fingerprint": a.run.manifest["data"]["fingerprint"],
+        "split_protocol": protocol, "split": SPLIT_NAMES.get(protocol, protocol), "run_dir": str(a.run.dir),
+        "keras_backend": a.run.manifest.get("keras_backend"),
+    }
+
+
+def export_best(a: Analysis) -> Path | None:
+    """best_model.keras and its card best_model.json in the run folder; None if no trial has a model."""
+    if a.best is None:
+        return None
+    dest = a.run.dir / "best_model.keras"
+    load_model(a.run.checkpoint(a.best.trials[0])).save(dest)  # without optimizer state: a third the size
+    store.write_json(a.run.dir / "best_model.json",
+                     {"model": dest.name, **card(a, a.best), "config": a.run.config(a.best.trials[0]).to_dict()})
+    return dest
+
+
+def export_ensemble(a: Analysis) -> Path | None:
+    """ensemble.json listing member models copied into ensemble/, each fed at its own input size."""
+    if a.ensemble is None:
+        return None
+    folder, members = a.run.dir / "ensemble", []
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for trial, size in zip(a.ensemble.trials, a.ensemble.image_sizes):
+        load_model(a.run.checkpoint(trial)).save(folder / f"{trial}.keras")
+        members.append({"model": f"ensemble/{trial}.keras", "trial": trial, "image_size": size,
+                        "config": a.run.config(trial).to_dict()})
+    path = a.run.dir / "ensemble.json"
+    store.write_json(path, {"kind": "ensemble", "combine": "mean of member probabilities", "members": members,
+                            **card(a, a.ensemble)})
+    return path

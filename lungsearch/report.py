@@ -1,0 +1,298 @@
+"""The run report: figures (matplotlib Figures, Agg PNGs), report.md and a self-contained report.html."""
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from . import analysis, data, store
+from .analysis import CI_METRICS, FIXED, SOURCE_REPORT, SPLIT_NAMES, Analysis, Evaluation
+from .predict import load_model
+
+CURVE_METRICS = ("loss", "accuracy", "f1", "auc", "precision", "recall")
+STATUS_COLOURS = {"finished": "tab:green", "stopped": "tab:orange", "failed": "tab:red", "not started": "grey"}
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def with_ci(ev: Evaluation, m: str, tuned: bool = False) -> str:
+    lo, hi = (ev.ci_tuned if tuned else ev.ci)[m]
+    return f"{fmt((ev.test_tuned if tuned else ev.test)[m])} [{fmt(lo, 3)}, {fmt(hi, 3)}]"
+
+
+def save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    return path
+
+
+def fig_samples(a: Analysis, folder: Path) -> Path:
+    """Sample training images per class at the run's input size."""
+    rng, train = np.random.default_rng(0), a.data.split["train"]
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    axes = fig.subplots(2, 6, subplot_kw={"frame_on": False, "xticks": [], "yticks": []})
+    for row, label in enumerate((0, 1)):
+        idx = train[a.data.ds.labels[train] == label]
+        for ax, i in zip(axes[row], rng.choice(idx, min(6, len(idx)), replace=False)):
+            ax.imshow(a.data.images[i], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{data.CLASSES[label]}\n{Path(a.data.ds.files[i]).name[:20]}", fontsize=8)
+    return save(fig, folder / "samples.png")
+
+
+def fig_curves(a: Analysis, folder: Path, trials: list[str]) -> Path:
+    fig, h = Figure(figsize=(13, 7.5), layout="constrained"), a.run.history
+    axes = fig.subplots(2, 3)
+    for k, t in enumerate(trials):
+        rows, label = h[h["trial"] == t], a.evals[t].name if t in a.evals else t
+        for ax, m in zip(axes.flat, CURVE_METRICS):
+            ax.plot(rows["epoch"], rows[m], color=f"C{k}", marker=".", label=f"{label}: training")
+            ax.plot(rows["epoch"], rows[f"val_{m}"], color=f"C{k}", ls="--", marker=".", label=f"{label}: validation")
+    for ax, m in zip(axes.flat, CURVE_METRICS):
+        ax.set(title=m, xlabel="epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=8)
+    return save(fig, folder / "learning_curves.png")
+
+
+def fig_best(a: Analysis, folder: Path) -> Path:
+    """ROC curve of the best model (and the ensemble) on test, confusion matrices at both thresholds."""
+    fig = Figure(figsize=(14, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ev in filter(None, (a.best, a.ensemble)):
+        axes[0].plot(*analysis.roc_points(ev.y_test, ev.p_test), label=f"{ev.name} (AUC {fmt(ev.test['auc'])})")
+    axes[0].plot([0, 1], [0, 1], ":", color="grey")
+    axes[0].set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (recall)",
+                title="ROC on the test part", aspect="equal")
+    axes[0].legend(loc="lower right", fontsize=8)
+    for ax, (thr, m, why) in zip(axes[1:], ((0.5, a.best.test, "default"),
+                                            (a.best.threshold, a.best.test_tuned, "chosen on validation"))):
+        cm = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
+        ax.imshow(cm, cmap="Blues")
+        for (r, c), v in np.ndenumerate(cm):
+            ax.text(c, r, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+        ax.set_xticks([0, 1], data.CLASSES)
+        ax.set_yticks([0, 1], data.CLASSES, rotation=90, va="center")
+        ax.set(xlabel="predicted", ylabel="true", title=f"{a.best.name} on test, threshold {thr:.3f}\n({why})")
+    return save(fig, folder / "best_model.png")
+
+
+def fig_asha(a: Analysis, folder: Path) -> Path:
+    """Epochs each trial survived, and validation F1 at each ASHA rung."""
+    b, h, rungs = a.board, a.run.history, analysis.asha_rungs(a.run)
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    present = [s for s in STATUS_COLOURS if (b["status"] == s).any()]
+    axes[0].hist([b.loc[b["status"] == s, "epochs_run"] for s in present], stacked=True, label=present, rwidth=0.8,
+                 bins=np.arange(-0.5, b["epochs_run"].max() + 1), color=[STATUS_COLOURS[s] for s in present])
+    axes[0].set(xlabel="epochs trained", ylabel="trials", title="epochs each trial survived (all trials)")
+    axes[0].legend(fontsize=8)
+    for k, (r, _) in enumerate(rungs):
+        at = h[h["epoch"] == r]
+        fixed = (at["fixed_point"].fillna("") != "").to_numpy()
+        axes[1].scatter(k + 0.15 * fixed, at["val_f1"], c=np.where(fixed, "tab:purple", "tab:blue"),
+                        s=np.where(fixed, 60, 20))
+    axes[1].set_xticks(range(len(rungs)), [f"epoch {r}\n{len(f1)} sampled" for r, f1 in rungs])
+    axes[1].set(ylabel="validation F1", title="validation F1 at each rung (blue: sampled, purple: fixed points)")
+    return save(fig, folder / "asha.png")
+
+
+def fig_params(a: Analysis, folder: Path) -> Path | None:
+    params = [c for c in a.board.columns if c.startswith("cfg_")]
+    if not params:
+        return None
+    cols, rng = min(4, len(params)), np.random.default_rng(0)
+    fig = Figure(figsize=(3.3 * cols, 2.9 * math.ceil(len(params) / cols)), layout="constrained")
+    axes = fig.subplots(math.ceil(len(params) / cols), cols, squeeze=False)
+    for ax, col in zip(axes.flat, params):
+        rows = a.board[a.board["val_f1"].notna() & a.board[col].notna()]
+        x = rows[col]
+        if pd.api.types.is_bool_dtype(x) or not pd.api.types.is_numeric_dtype(x) or x.nunique() <= 2:
+            cats = sorted(x.astype(str).unique())
+            ax.set_xticks(range(len(cats)), cats)
+            x = x.astype(str).map(cats.index) + rng.uniform(-0.12, 0.12, len(x))
+        elif (x > 0).all() and x.max() / x.min() > 20:
+            ax.set_xscale("log")
+        ax.scatter(x, rows["val_f1"], c=[STATUS_COLOURS.get(s, "grey") for s in rows["status"]], s=22)
+        ax.set(title=col[4:], ylabel="validation F1")
+    for ax in list(axes.flat)[len(params):]:
+        ax.axis("off")
+    return save(fig, folder / "hyperparameters.png")
+
+
+def table1(a: Analysis) -> tuple[str, list[str], list[list[str]]]:
+    """The source report's Table 1 (test loss, accuracy, F1, recall, precision at 0.5), this run beside it."""
+    keys, by_fixed = ("loss", "accuracy", "f1", "recall", "precision"), {e.fixed_point: e for e in a.evals.values()}
+    rows = [[label, *(fmt(ev.test[k]) if ev else "not run" for k in keys), *(fmt(source.get(k)) for k in keys[1:])]
+            for label, ev, source in [*((f, by_fixed.get(f), SOURCE_REPORT[f]) for f in FIXED),
+                                      (f"best trial: {a.best.name}" if a.best else "best trial", a.best, {}),
+                                      (a.ensemble.name if a.ensemble else "ensemble", a.ensemble, {})]]
+    return "table", ["model", *(f"test {k}" for k in keys), *(f"source report: {k}" for k in keys[1:])], rows
+
+
+def facts(a: Analysis) -> list[str]:
+    m, b, d, split = a.run.manifest, a.board, a.run.manifest["data"], a.run.manifest["data"]["split"]
+    return [f"space: `{m['space_file']}`: {(m.get('space_doc') or ' ').splitlines()[0]}",
+            f"settings{' (smoke run)' if m.get('smoke') else ''}: "
+            + ", ".join(f"{k}={v}" for k, v in m["settings"].items()),
+            f"data: `{d['dir']}`, fingerprint `{d['fingerprint']}`, {d['images']} images, {len(d['unreadable'])} "
+            f"unreadable; {split['protocol']} split: {len(split['patients_in_two_parts'])} patients and "
+            f"{len(split['images_in_two_parts'])} identical images in two parts",
+            f"time: {m.get('started')} to {m.get('finished')}; search wall time {fmt(m.get('search_wall_s'), 0)} s; "
+            f"mean trial start-up {fmt(m.get('trial_startup_s_mean'), 1)} s; share of trial time spent training "
+            f"{fmt(m.get('training_fraction'), 2)}; mean epoch {fmt(b['mean_epoch_s'].mean(), 2)} s",
+            f"resources: Keras backend {m.get('keras_backend')}, Python {m.get('python')}, nodes "
+            + (", ".join(sorted(set(b["node"].dropna().astype(str)))) if "node" in b else "–") + "; packages: "
+            + ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items())]
+
+
+def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> list[tuple[str, list]]:
+    """(title, blocks): ("p", text), ("ul", items), ("pre", text), ("img", png, caption), ("table", head, rows)."""
+    m, b, best, protocol = a.run.manifest, a.board, a.best, a.run.manifest["run_constants"]["split"]
+    shown, parts = [*a.evals.values(), *([a.ensemble] if a.ensemble else [])], m["data"]["split"]["parts"]
+    params, failed = [c for c in b.columns if c.startswith("cfg_")], b[b["status"] == "failed"]
+    unsaved = int((~b["checkpoint"].astype(bool) & (b["status"] == "finished")).sum())
+    summary: list[str] = []
+    if best:
+        load_model(a.run.checkpoint(best.trials[0])).summary(print_fn=lambda s, **k: summary.append(s))
+    rungs = [[str(r), str(len(f1)), *(fmt(f1.agg(g)) if len(f1) else "–" for g in ("median", "max"))]
+             for r, f1 in analysis.asha_rungs(a.run)]
+    board = [[str(r["rank"]), r["trial"], "yes" if r["checkpoint"] else "no", r["status"], str(r["epochs_run"]),
+              *(fmt(r[k]) for k in ("val_f1", "val_auc", "test_f1")),
+              *(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r[params].fillna("–"))]
+             for _, r in b.head(15).iterrows()]
+    return [
+        ("Summary", [
+            ("p", f"Run `{a.run.dir.name}`: space `{Path(m['space_file']).name}`, {len(b)} trials ("
+                  + ", ".join(f"{n} {s}" for s, n in b["status"].value_counts().items()) + ")."),
+            ("p", f"Split: **{protocol}**: {SPLIT_NAMES.get(protocol, protocol)}. Test metrics are on this run's "
+                  f"held-out test part ({parts['test']['images']} images), used for no training or choice."),
+            ("p", "Two thresholds: **0.5** (as the source report) and a threshold **chosen on the validation part** "
+                  "to maximise validation F1 (never on test). Brackets: 95% percentile bootstrap intervals over "
+                  "1000 seeded resamples of the test images."),
+            ("p", f"Best model: **{best.name}** (validation F1 {fmt(best.val['f1'])}): test F1 {with_ci(best, 'f1')} "
+                  f"at threshold 0.5; {with_ci(best, 'f1', True)} at threshold {best.threshold:.3f} chosen on "
+                  f"validation." if best else "No trial saved a model, so nothing was evaluated on test.")]),
+        ("Table 1: the source report's models and the best trial", [
+            ("p", "Test metrics at threshold 0.5, laid out as the source report's Table 1. The **source report** "
+                  "columns are its published figures (test set of its random 80:20 image split), copied for "
+                  "comparison, not rerun" + ("; this run uses the same protocol." if protocol == "report" else
+                                             "; this run's patient-grouped split is stricter, so they are not "
+                                             "directly comparable.")), table1(a)]),
+        ("Test metrics with 95% confidence intervals", [
+            ("p", "At threshold **0.5**:"),
+            ("table", ["model", *CI_METRICS], [[e.name, *(with_ci(e, k) for k in CI_METRICS)] for e in shown]),
+            ("p", "At the threshold **chosen on the validation part** (AUC does not depend on the threshold):"),
+            ("table", ["model", "threshold", *CI_METRICS[:-1]],
+             [[e.name, fmt(e.threshold, 3), *(with_ci(e, k, True) for k in CI_METRICS[:-1])] for e in shown])]),
+        ("Leaderboard", [
+            ("p", "Ranked by validation F1, ties broken by validation AUC (15 best shown; all in `leaderboard.csv`). "
+                  f"Test F1 at threshold 0.5, as recorded when the trial ended. Only trials with a saved model are "
+                  f"evaluated above; {unsaved} finished trial(s) have none."),
+            ("table", ["rank", "trial", "model saved", "status", "epochs", "val F1", "val AUC", "test F1",
+                       *(c[4:] for c in params)], board)]),
+        ("Data", [("table", ["part", "images", "NORMAL", "PNEUMONIA", "% pneumonia", "patients"],
+                   [[p, *(str(v[k]) for k in ("images", *data.CLASSES)),
+                     f"{100 * v['PNEUMONIA'] / max(v['images'], 1):.1f}", str(v["patients"])]
+                    for p, v in parts.items()]),
+                  ("img", figs["samples"], f"Sample training images per class, as the models see them "
+                                            f"({a.data.images.shape[1]} px, greyscale)")]),
+        ("Learning curves", [("img", figs["learning_curves"], "Training (solid) vs validation (dashed) per "
+                                                              "metric and epoch, fixed points and top trials")]),
+        ("Best model", [("img", figs["best_model"], "ROC curve and confusion matrices on the test part"),
+                        ("p", f"Layer summary of **{best.name}** (input {best.image_sizes[0]} px, greyscale; "
+                              f"exported as `best_model.keras`):"), ("pre", "\n".join(summary))] if best else []),
+        ("How ASHA spent the budget", [
+            ("p", "ASHA compares trials by validation loss at each rung and stops the worse; fixed points never stop."),
+            ("table", ["rung (epoch)", "sampled trials reaching it", "median val F1", "best val F1"], rungs),
+            ("img", figs["asha"], "Epochs survived and validation F1 per rung")]),
+        ("Hyperparameters", [("img", figs["hyperparameters"], "Each searched hyperparameter against validation "
+                                                                   "F1 (green: finished, orange: stopped by ASHA)")]
+         if figs["hyperparameters"] else [("p", "No hyperparameters were searched in this space.")]),
+        ("Run facts", [("ul", facts(a)),
+                       ("p", f"Failed trials: {len(failed)}" + (", and why:" if len(failed) else ".")),
+                       ("ul", [f"`{r.trial}` ({r.retries} retries): {r.error}" for r in failed.itertuples()])]),
+        ("Files", [("ul", files)]),
+    ]
+
+
+def to_markdown(title: str, secs: list[tuple[str, list]], root: Path) -> str:
+    out = [f"# {title}", ""]
+    for name, blocks in secs:
+        out += [f"## {name}", ""]
+        for kind, *rest in blocks:
+            out += {"p": lambda: [rest[0]], "ul": lambda: [f"- {i}" for i in rest[0]],
+                    "pre": lambda: ["```", rest[0], "```"],
+                    "img": lambda: [f"![{rest[1]}]({rest[0].relative_to(root).as_posix()})"],
+                    "table": lambda: ["| " + " | ".join(rest[0]) + " |", "|" + " --- |" * len(rest[0]),
+                                      *("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rest[1])],
+                    }[kind]() + [""]
+    return "\n".join(out)
+
+
+def inline(text: str) -> str:
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", html.escape(text))
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+def to_html(title: str, secs: list[tuple[str, list]]) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>",
+            "<nav>" + " · ".join(f'<a href="#s{i}">{html.escape(n)}</a>' for i, (n, _) in enumerate(secs)) + "</nav>"]
+    for i, (name, blocks) in enumerate(secs):
+        body.append(f'<h2 id="s{i}">{html.escape(name)}</h2>')
+        for kind, *rest in blocks:
+            body.append({
+                "p": lambda: f"<p>{inline(rest[0])}</p>", "pre": lambda: f"<pre>{html.escape(rest[0])}</pre>",
+                "ul": lambda: "<ul>" + "".join(f"<li>{inline(x)}</li>" for x in rest[0]) + "</ul>",
+                "img": lambda: f'<figure><img alt="{html.escape(rest[1])}" src="data:image/png;base64,'
+                               f'{base64.b64encode(rest[0].read_bytes()).decode()}"><figcaption>'
+                               f"{html.escape(rest[1])}</figcaption></figure>",
+                "table": lambda: "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in rest[0])
+                                 + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r)
+                                                                    + "</tr>" for r in rest[1]) + "</tbody></table>",
+            }[kind]())
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+CSS = ("body{font:14px/1.45 system-ui,sans-serif;max-width:1250px;margin:1.5em auto;padding:0 1em;color:#222}"
+       "table{border-collapse:collapse;margin:.6em 0;font-size:12px;display:block;overflow-x:auto;max-width:100%}"
+       "th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eef2f7}img{max-width:100%}"
+       "tbody tr:nth-child(even){background:#fafafa}figure{margin:.8em 0}figcaption{color:#555;font-size:12px}"
+       "nav{font-size:12px;margin-bottom:1em}pre{font:11px/1.2 'DejaVu Sans Mono',monospace;background:#f6f6f6;"
+       "padding:.6em;overflow-x:auto}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}")
+
+
+def write_report(run_dir: str | Path, top: int = 5, ensemble: int = 3, export_ensemble: bool = False,
+                 data_dir: str | Path | None = None, log: Callable[[str], Any] = print) -> Path:
+    """Analyse a run and write leaderboard.csv, evaluation.json, figures/, report.md, report.html and
+    best_model.keras + best_model.json (ensemble.json + ensemble/ with export_ensemble); return report.html."""
+    a = analysis.analyse(run_dir, top, ensemble, data_dir, log=log)
+    root, folder = a.run.dir, a.run.dir / "figures"
+    folder.mkdir(exist_ok=True)
+    curves = list(dict.fromkeys([*a.board.loc[a.board["fixed_point"] != "", "trial"], *a.board["trial"].head(top)]))
+    figs = {"samples": fig_samples(a, folder), "learning_curves": fig_curves(a, folder, curves),
+            "asha": fig_asha(a, folder), "hyperparameters": fig_params(a, folder),
+            "best_model": fig_best(a, folder) if a.best else None}
+    store.write_json(root / "evaluation.json", [{"model": e.name, "image_sizes": e.image_sizes, **analysis.card(a, e)}
+                                                for e in [*a.evals.values(), *filter(None, [a.ensemble])]])
+    analysis.export_best(a)
+    if export_ensemble:
+        analysis.export_ensemble(a)
+    files = [f"`{n}`" for n in ("best_model.keras", "best_model.json", "ensemble.json", "ensemble/",
+                                "leaderboard.csv", "evaluation.json", "figures/") if (root / n).exists()]
+    if a.best is not None:
+        files.append(f"use the best model: `python -m lungsearch predict {root / 'best_model.keras'} IMAGE...` or "
+                     f"`python -m lungsearch evaluate {root / 'best_model.keras'} --data DIR`")
+    title, secs = f"lungsearch report: {root.name}", sections(a, figs, files)
+    (root / "report.md").write_text(to_markdown(title, secs, root))
+    (root / "report.html").write_text(to_html(title, secs))
+    log(f"report: {root / 'report.html'}")
+    return root / "report.html"

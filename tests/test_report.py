@@ -1,0 +1,216 @@
+"""The report, the exported models, and evaluate/predict, on one small real run shared by the module."""
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, make_dataset, truncate
+
+from lungsearch import analysis, cli
+from lungsearch.config import UserError
+from lungsearch.metrics import binary_metrics
+
+PNG = b"\x89PNG\r\n\x1a\n"
+# Two input sizes, so models are evaluated at their own size; kernel 7 does not fit (those trials fail).
+SPACE = '''"""Report test space."""
+import keras_tuner as kt
+hp = kt.HyperParameters()
+hp.Choice("image_size", [32, 40])
+hp.Choice("kernel_size", [3, 7])
+hp.Float("learning_rate", 1e-3, 3e-3, sampling="log")
+SETTINGS = {"num_samples": 3, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2, "image_size": 40,
+            "patience": 2, "seed": %d, "max_failures": 0}
+'''
+
+
+def lungsearch(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "lungsearch", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One real search (3 fixed points + 3 sampled trials, 2 epochs) whose `run` wrote the report at its end."""
+    root = tmp_path_factory.mktemp("report")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LUNGSEARCH_CACHE", str(root / "cache"))
+    dataset = make_dataset(root / "xrays", {"train": 12, "test": 4})
+    (root / "space.py").write_text(SPACE % 2)
+    out = lungsearch("run", root / "space.py", "--data", dataset, "--results", root / "results")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    yield Path(out.stdout.strip().splitlines()[-1]), out
+    mp.undo()
+
+
+def check_png(data: bytes) -> np.ndarray:
+    assert data[:8] == PNG
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape[0] > 50 and image.shape[1] > 50
+    return image
+
+
+def test_run_ends_with_the_report_and_the_exported_best_model(run):
+    run_dir, out = run
+    assert f"report: {run_dir / 'report.html'}" in out.stdout and out.stdout.strip().endswith(str(run_dir))
+    for name in ("leaderboard.csv", "evaluation.json", "report.md", "report.html", "best_model.keras",
+                 "best_model.json"):
+        assert (run_dir / name).is_file(), name
+    figures = sorted((run_dir / "figures").glob("*.png"))
+    assert {p.stem for p in figures} >= {"samples", "learning_curves", "best_model", "asha", "hyperparameters"}
+    for p in figures:
+        check_png(p.read_bytes())
+
+    board = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False)
+    trials = pd.read_csv(run_dir / "trials.csv", keep_default_na=False)
+    assert len(board) == len(trials) == 6 and list(board["rank"]) == list(range(1, 7))
+    f1 = pd.to_numeric(board["val_f1"], errors="coerce").fillna(-1).to_numpy()
+    assert (np.diff(f1) <= 0).all()
+
+    card = json.loads((run_dir / "best_model.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    best = card["trials"][0]
+    assert best == board.loc[board["checkpoint"].astype(str) == "True", "trial"].iloc[0]
+    assert card["data_fingerprint"] == manifest["data"]["fingerprint"] and card["split_protocol"] == "patient"
+    assert card["greyscale"] is True and 0 < card["threshold"] < 1 and card["config"]["image_size"] == card["image_size"]
+    # the report re-evaluates the saved model on the same test part the trial was scored on
+    recorded = trials.set_index("trial").loc[best]
+    assert card["metrics"]["test_at_0.5"]["f1"] == pytest.approx(float(recorded["test_f1"]), abs=1e-6)
+    assert card["metrics"]["test_at_0.5"]["accuracy"] == pytest.approx(float(recorded["test_accuracy"]), abs=1e-6)
+    lo, hi = card["metrics"]["test_ci95_at_0.5"]["f1"]
+    assert lo <= card["metrics"]["test_at_0.5"]["f1"] <= hi
+
+    evaluated = json.loads((run_dir / "evaluation.json").read_text())
+    names = {e["model"] for e in evaluated}
+    assert {"base", "bn_aug", "bn_aug_dropout", "ensemble of 3"} <= names
+    for e in evaluated:  # every model was fed at the input size it was trained at
+        assert len(e["trials"]) == len(e["image_sizes"])
+        for trial, size in zip(e["trials"], e["image_sizes"]):
+            assert json.loads((run_dir / "ray" / trial / "params.json").read_text())["image_size"] == size
+
+
+def test_html_is_self_contained_and_names_everything(run):
+    run_dir, _ = run
+    text = (run_dir / "report.html").read_text()
+    images = re.findall(r'<img [^>]*src="([^"]+)"', text)
+    assert len(images) >= 5 and all(src.startswith("data:image/png;base64,") for src in images)
+    for src in images:
+        check_png(base64.b64decode(src.split(",", 1)[1]))
+    for name in ("base", "bn_aug", "bn_aug_dropout", "source report", "0.9686", "0.9555", "patient-grouped",
+                 "chosen on the validation part", "Layer (type)", "ensemble of 3"):
+        assert name in text, name
+    trials = pd.read_csv(run_dir / "trials.csv", keep_default_na=False)
+    for _, t in trials[trials["status"] == "failed"].iterrows():
+        assert t["trial"] in text and "do not fit" in t["error"]
+    markdown = (run_dir / "report.md").read_text()
+    for ref in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
+        assert (run_dir / ref).is_file(), ref
+
+
+def test_report_command_exports_an_ensemble_and_evaluate_predict_use_it(run, tmp_path):
+    run_dir, _ = run
+    out = lungsearch("report", run_dir, "--top", 2, "--ensemble", 3)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    ensemble = json.loads((run_dir / "ensemble.json").read_text())
+    assert len(ensemble["members"]) == 3 and ensemble["kind"] == "ensemble"
+    for m in ensemble["members"]:
+        assert (run_dir / m["model"]).is_file()
+
+    # images the search never saw: another seed, and a folder without a test/ part
+    unseen = make_dataset(tmp_path / "unseen", {"train": 2}, seed=7)
+    out = lungsearch("evaluate", run_dir / "ensemble.json", "--data", unseen)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "every image" in out.stdout and "8 images" in out.stdout
+    assert re.search(r"threshold 0\.5000 \(default\): accuracy [01]\.\d{4}", out.stdout)
+    assert "chosen on the run's validation part" in out.stdout
+
+
+def test_evaluate_and_predict_the_best_model_on_unseen_images(run, tmp_path):
+    run_dir, _ = run
+    unseen = make_dataset(tmp_path / "unseen", {"train": 2, "test": 3}, seed=11)
+    out = lungsearch("evaluate", run_dir / "best_model.keras", "--data", unseen)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "12 images, 6 NORMAL / 6 PNEUMONIA" in out.stdout and "f1 " in out.stdout
+
+    images = sorted((unseen / "test").rglob("*.jp*g"))[:2] + sorted((unseen / "test").rglob("*.png"))[:1]
+    bad = shutil.copy(images[0], tmp_path / "cut.jpeg")
+    truncate(Path(bad))
+    out = lungsearch("predict", run_dir / "best_model.keras", *images, bad, tmp_path / "missing.png")
+    assert out.returncode == 1
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for line, image in zip(lines, images):
+        path, prob, label = line.split("\t")
+        assert path == str(image) and 0 <= float(prob) <= 1 and label in ("NORMAL", "PNEUMONIA")
+    assert "cannot read" in out.stderr and "cut.jpeg" in out.stderr and "missing.png" in out.stderr
+
+
+def test_parts_are_the_same_images_at_every_input_size(run):
+    run_dir, _ = run
+    rdata = analysis.RunData(analysis.load_run(run_dir), log=lambda *_: None)
+    at40, at32 = rdata.parts(40), rdata.parts(32)
+    for part in ("val", "test"):
+        assert at40[part][0].shape[1:] == (40, 40, 1) and at32[part][0].shape[1:] == (32, 32, 1)
+        assert np.array_equal(at40[part][1], at32[part][1])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert len(at32["test"][1]) == manifest["data"]["split"]["parts"]["test"]["images"]
+
+
+def test_threshold_bootstrap_and_roc_agree_with_binary_metrics():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(0.35 * y + 0.65 * rng.random(300), 0, 1)
+    p[:30] = 0.5  # ties
+    thr = analysis.val_threshold(y, p)
+    brute = max(binary_metrics(y, p, t)["f1"] for t in np.linspace(0, 1, 1001))
+    assert binary_metrics(y, p, thr)["f1"] >= brute - 1e-12
+    for t in (0.5, thr):
+        once = analysis.weighted_metrics(y, p, np.ones((1, len(y))), t)
+        exact = binary_metrics(y, p, t)
+        for k in analysis.CI_METRICS:
+            assert once[k][0] == pytest.approx(exact[k], abs=1e-12), k
+    ci = analysis.bootstrap_ci(y, p, 0.5, n_boot=500, seed=1)
+    assert ci == analysis.bootstrap_ci(y, p, 0.5, n_boot=500, seed=1)
+    point = binary_metrics(y, p)
+    for k, (lo, hi) in ci.items():
+        assert lo <= point[k] <= hi and hi - lo < 0.3, k
+    fpr, tpr = analysis.roc_points(y, p)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(point["auc"], abs=1e-12)
+
+
+def test_clear_errors_for_folders_that_are_not_finished_runs(tmp_path, capsys):
+    with pytest.raises(UserError, match="no manifest.json"):
+        analysis.load_run(tmp_path)
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(UserError, match="no trials.csv.*lungsearch resume"):
+        analysis.load_run(tmp_path)
+    assert cli.main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    cli.report_quietly(tmp_path)  # what `run` does when its report fails: warn, carry on
+    assert "warning: the report for" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--ensemble must be 2 or more"):
+        analysis.analyse(tmp_path, ensemble=1)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian's chromium is not installed")
+def test_headless_chromium_renders_the_report(run, tmp_path):
+    run_dir, _ = run
+    shot = tmp_path / "report.png"
+    subprocess.run(["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+                    "--window-size=1200,3000", (run_dir / "report.html").as_uri()],
+                   capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    image = check_png(shot.read_bytes())
+    assert image.shape[:2] == (3000, 1200)
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    assert (grey < 128).mean() > 0.01  # text, tables and figures rendered, not a blank page
