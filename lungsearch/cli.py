@@ -20,7 +20,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--num-samples", type=int, help="sampled trials, not counting the fixed points")
     run.add_argument("--seed", type=int)
     run.add_argument("--smoke", action="store_true", help="tiny images, few epochs and images: minutes on a laptop")
-    run.add_argument("--results", default="results", help="folder for run folders (default: results)")
+    run.add_argument("--results", "--storage", dest="results", default="results",
+                     help="folder for run folders (default: results); on a cluster, a path every node reaches")
     run.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT (default: start a local one)")
     run.add_argument("--cpus-per-trial", type=float)
     run.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU, e.g. 0.25")
@@ -49,6 +50,11 @@ def parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="probability and label of each image")
     predict.add_argument("model", help="a .keras file, best_model.json or ensemble.json")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
+
+    bench = sub.add_parser("bench", help="time epochs with and without augmentation, trial start-up, trials/hour")
+    bench.add_argument("--data", help="dataset folder (default: $LUNGSEARCH_DATA)")
+    bench.add_argument("--smoke", action="store_true", help="96 px and 640 images instead of 150 px and all")
+    bench.add_argument("--no-search", dest="search", action="store_false", help="skip the trials-per-hour search")
 
     check = sub.add_parser("data", help="dataset tools")
     check_sub = check.add_subparsers(dest="data_command", required=True)
@@ -92,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "predict":
                 return predict.predict(args.model, args.images)
             return predict.evaluate(args.model, args.data)
+        if args.command == "bench":
+            from .bench import run_bench
+
+            run_bench(args.data, args.smoke, args.search)
+            return 0
         if args.command == "data":
             from .check import check_dataset
 

@@ -215,8 +215,9 @@ def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
     # after a trial finished still finds that trial finished on resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
-    local = {} if address else {"_node_ip_address": "127.0.0.1"}  # a local instance listens on loopback only
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+    # Without an address, always a new private instance on loopback: never one that `ray start` left running.
+    local = {} if address else {"_node_ip_address": "127.0.0.1"}
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": env}, **local)
     started = time.time()
     try:

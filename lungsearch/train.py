@@ -44,7 +44,7 @@ def run_trial(config: dict[str, Any], report: Report, checkpoint_dir: str | Path
 
     Early stopping on validation loss (patience from the config) restores the best weights before the
     test part is evaluated. Returns the last report. Saves the restored model as model.keras in
-    `checkpoint_dir` when given.
+    `checkpoint_dir` when given, before the last report.
     """
     started = started or time.time()
     cfg = TrialConfig.from_dict(config)
@@ -55,15 +55,12 @@ def run_trial(config: dict[str, Any], report: Report, checkpoint_dir: str | Path
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (data.arrays(images, ds, split[p]) for p in data.PARTS)
     model = models.build(cfg)
     compile_model(model, cfg)
-    state = EpochReporter(report, cfg, x_val, y_val, x_test, y_test, started)
+    state = EpochReporter(report, cfg, x_val, y_val, x_test, y_test, started, checkpoint_dir)
     model.fit(
         x_train, y_train, batch_size=cfg.batch_size, epochs=cfg.max_epochs, validation_data=(x_val, y_val),
         class_weight=class_weights(y_train) if cfg.class_weight else None, callbacks=[state], verbose=0,
         shuffle=True,
     )
-    if checkpoint_dir:
-        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        model.save(Path(checkpoint_dir) / "model.keras")
     return state.last
 
 
@@ -71,8 +68,10 @@ class EpochReporter(keras.callbacks.Callback):
     """Reports every epoch, stops early on validation loss, and on the last epoch restores the best
     weights and adds the test metrics, so the final report needs no extra training iteration."""
 
-    def __init__(self, report: Report, cfg: TrialConfig, x_val, y_val, x_test, y_test, started: float):
+    def __init__(self, report: Report, cfg: TrialConfig, x_val, y_val, x_test, y_test, started: float,
+                 checkpoint_dir: str | Path | None = None):
         super().__init__()
+        self.checkpoint_dir = checkpoint_dir
         self.report, self.cfg = report, cfg
         self.x_val, self.y_val, self.x_test, self.y_test = x_val, y_val, x_test, y_test
         self.started = started
@@ -102,6 +101,9 @@ class EpochReporter(keras.callbacks.Callback):
             if self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
             self.model.stop_training = True
+            if self.checkpoint_dir:  # before the final report: Ray may end the trial as soon as it is made
+                Path(self.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+                self.model.save(Path(self.checkpoint_dir) / "model.keras")
             test = binary_metrics(self.y_test, self.model.predict(self.x_test, batch_size=256, verbose=0))
             row.update({"final": True, "best_epoch": self.best_epoch,
                         **{f"best_{k}": v for k, v in self.best_logs.items()},

@@ -55,7 +55,7 @@ def test_asha_stops_sampled_trials_keeps_fixed_points_and_records_failures(tmp_p
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["trial_startup_s_mean"] > 0 and 0 < manifest["training_fraction"] < 1
     kept = {p.name for p in (run_dir / "checkpoints").iterdir()}
-    assert set(fixed["trial"]) <= kept and not kept & set(stopped["trial"])
+    assert set(fixed["trial"]) | set(finished["trial"]) <= kept and not kept & set(stopped["trial"])
 
 
 def final_trials(run_dir: Path) -> list[Path]:
