@@ -5,6 +5,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import pickle
 import sys
 import time
 from datetime import datetime
@@ -14,7 +15,7 @@ from typing import Any
 import ray
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
-from ray.tune.search import BasicVariantGenerator
+from ray.tune.search import BasicVariantGenerator, Searcher
 
 from . import data, space as spaces, store
 from .config import FIXED_POINTS, SMOKE, SearchSettings, TrialConfig, UserError
@@ -265,12 +266,48 @@ def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
     return run_dir
 
 
+class FixedPointsFirst(Searcher):
+    """Suggest the fixed points first, then what a model-based searcher suggests. The searcher never sees
+    the fixed points: it did not propose them, and they need keys outside its space."""
+
+    def __init__(self, inner: Searcher, points: list[dict]):
+        super().__init__()
+        self.inner, self.points, self.fixed_ids = inner, list(points), set()
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        super().set_search_properties(metric, mode, config, **spec)
+        return self.inner.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str):
+        if self.points:
+            self.fixed_ids.add(trial_id)
+            return self.points.pop(0)
+        return self.inner.suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self.fixed_ids:
+            self.inner.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        if trial_id not in self.fixed_ids:
+            self.inner.on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.inner.save(checkpoint_path + ".inner")
+        Path(checkpoint_path).write_bytes(pickle.dumps((self.points, self.fixed_ids)))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.inner.restore(checkpoint_path + ".inner")
+        self.points, self.fixed_ids = pickle.loads(Path(checkpoint_path).read_bytes())
+
+
 def searcher(settings: SearchSettings, points: list[dict]):
+    """Seeded random search, or Optuna's TPE (`searcher: tpe`), with the fixed points run first."""
     if settings.searcher == "tpe":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(points_to_evaluate=points or None, sampler=optuna.samplers.TPESampler(seed=settings.seed))
+        return FixedPointsFirst(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=settings.seed)), points)
     return BasicVariantGenerator(points_to_evaluate=points or None, random_state=settings.seed)
 
 
