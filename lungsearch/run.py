@@ -260,7 +260,7 @@ def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
     wall = time.time() - started + (manifest.get("search_wall_s", 0) if restore else 0)
     manifest.update({"finished": datetime.now().isoformat(timespec="seconds"), "search_wall_s": round(wall, 1),
                      "resumed": manifest.get("resumed", 0) + int(restore), "checkpoints_kept": kept,
-                     **store.time_summary(table, wall)})
+                     **store.time_summary(table)})
     store.write_json(run_dir / "manifest.json", manifest)
     print_table(table, manifest)
     return run_dir

@@ -133,7 +133,7 @@ def prune_checkpoints(run_dir: Path, table: pd.DataFrame, keep: int) -> list[str
     return kept
 
 
-def time_summary(table: pd.DataFrame, wall_s: float) -> dict[str, float | None]:
+def time_summary(table: pd.DataFrame) -> dict[str, float | None]:
     """Mean trial start-up and the share of summed trial time spent in training epochs."""
     if table.empty:
         return {"trial_startup_s_mean": None, "training_fraction": None}

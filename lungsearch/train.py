@@ -55,7 +55,7 @@ def run_trial(config: dict[str, Any], report: Report, checkpoint_dir: str | Path
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (data.arrays(images, ds, split[p]) for p in data.PARTS)
     model = models.build(cfg)
     compile_model(model, cfg)
-    state = EpochReporter(report, cfg, x_val, y_val, x_test, y_test, started, checkpoint_dir)
+    state = EpochReporter(report, cfg, x_test, y_test, started, checkpoint_dir)
     model.fit(
         x_train, y_train, batch_size=cfg.batch_size, epochs=cfg.max_epochs, validation_data=(x_val, y_val),
         class_weight=class_weights(y_train) if cfg.class_weight else None, callbacks=[state], verbose=0,
@@ -68,12 +68,12 @@ class EpochReporter(keras.callbacks.Callback):
     """Reports every epoch, stops early on validation loss, and on the last epoch restores the best
     weights and adds the test metrics, so the final report needs no extra training iteration."""
 
-    def __init__(self, report: Report, cfg: TrialConfig, x_val, y_val, x_test, y_test, started: float,
+    def __init__(self, report: Report, cfg: TrialConfig, x_test, y_test, started: float,
                  checkpoint_dir: str | Path | None = None):
         super().__init__()
         self.checkpoint_dir = checkpoint_dir
         self.report, self.cfg = report, cfg
-        self.x_val, self.y_val, self.x_test, self.y_test = x_val, y_val, x_test, y_test
+        self.x_test, self.y_test = x_test, y_test
         self.started = started
         self.best_loss, self.best_epoch, self.best_weights, self.best_logs = float("inf"), 0, None, {}
         self.wait = 0

@@ -34,7 +34,7 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
     x = np.zeros((4, 4, 4, 1), "float32")
     y = np.array([[0], [1], [0], [1]], "float32")
     rows = []
-    cb = EpochReporter(rows.append, TrialConfig(max_epochs=10, patience=2), x, y, x, y, started=0.0)
+    cb = EpochReporter(rows.append, TrialConfig(max_epochs=10, patience=2), x, y, started=0.0)
     cb.set_model(model)
     cb.on_epoch_begin(0)
     for epoch, val_loss in enumerate([1.0, 0.5, 0.6, 0.7, 0.1]):
