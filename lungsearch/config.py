@@ -11,7 +11,18 @@ class UserError(Exception):
     """A mistake in the user's input (a path, a flag, a space file); the message says how to fix it."""
 
 
-SPLITS = ("patient", "report")
+SPLITS = ("patient", "report", "target")
+# "auto" (a search's default): target when the dataset has its own test/ folder, else patient.
+SEARCH_SPLITS = ("auto", *SPLITS)
+
+# The one number that early stopping, ASHA, the searchers and the leaderboard all compare: validation AUC
+# of the weights a trial keeps (its best epoch so far). AUC does not depend on a threshold, so a trial
+# trained with class weights, label smoothing or MixUp is compared on the same footing as one without,
+# and a model that calls everything PNEUMONIA (F1 about 0.77 on this data) scores 0.5, not well.
+OBJECTIVE, OBJECTIVE_MODE = "objective", "max"
+OBJECTIVE_TEXT = "validation AUC at the kept epoch (the epoch whose weights the trial keeps)"
+NORMALIZATIONS = ("none", "standardize", "equalize", "clahe")
+DECODE_TIME_NORMALIZATIONS = ("equalize", "clahe")  # applied by OpenCV when images are decoded (cached)
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,14 @@ class TrialConfig:
     aug_shift: float = 0.2
     aug_shear: float = 0.15
     aug_flip: bool = True
+    # intensity augmentation, training only (0: off): brightness shift U(-b, b) on [0, 1] images, contrast
+    # factor U(1-c, 1+c) around the image mean, gamma exp(U(-g, g)), Gaussian noise of this std
+    aug_brightness: float = 0.0
+    aug_contrast: float = 0.0
+    aug_gamma: float = 0.0
+    aug_noise: float = 0.0
+    # input normalisation: none | standardize (per image, a model layer) | equalize | clahe (OpenCV, at decode)
+    normalize: str = "none"
     # training
     image_size: int = 150
     learning_rate: float = 1e-3
@@ -44,6 +63,13 @@ class TrialConfig:
     max_epochs: int = 50
     patience: int = 5
     class_weight: bool = False
+    optimizer: str = "adam"  # adam | adamw
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay; adamw only
+    lr_schedule: str = "constant"  # constant | cosine (to 0 over max_epochs) | plateau (halve after patience//2)
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0: off
+    tta: bool = False  # at evaluation, average the prediction with that of the horizontally flipped image
+    early_stop_on: str = "val"  # val (the split's validation part) | holdout (in-distribution, target split)
     mixed_precision: bool = False
     seed: int = 0
     # data and bookkeeping
@@ -71,6 +97,21 @@ class TrialConfig:
             (self.patience >= 1, "patience", "at least 1"),
             (self.split in SPLITS, "split", f"one of {', '.join(SPLITS)}"),
             (self.data_limit >= 0, "data_limit", "0 or more"),
+            (0.0 <= self.aug_brightness <= 1.0, "aug_brightness", "in [0, 1]"),
+            (0.0 <= self.aug_contrast < 1.0, "aug_contrast", "in [0, 1)"),
+            (0.0 <= self.aug_gamma <= 2.0, "aug_gamma", "in [0, 2]"),
+            (0.0 <= self.aug_noise <= 1.0, "aug_noise", "in [0, 1]"),
+            (self.normalize in NORMALIZATIONS, "normalize", f"one of {', '.join(NORMALIZATIONS)}"),
+            (self.optimizer in ("adam", "adamw"), "optimizer", "'adam' or 'adamw'"),
+            (self.weight_decay >= 0.0, "weight_decay", "0 or more"),
+            (self.weight_decay == 0.0 or self.optimizer == "adamw", "weight_decay",
+             "0 unless optimizer is 'adamw' (Adam has no decoupled weight decay)"),
+            (self.lr_schedule in ("constant", "cosine", "plateau"), "lr_schedule", "'constant', 'cosine' or 'plateau'"),
+            (0.0 <= self.label_smoothing < 0.5, "label_smoothing", "in [0, 0.5)"),
+            (self.mixup >= 0.0, "mixup", "0 (off) or more"),
+            (self.early_stop_on in ("val", "holdout"), "early_stop_on", "'val' or 'holdout'"),
+            (self.early_stop_on == "val" or self.split == "target", "early_stop_on",
+             "'val' unless split is 'target' (only the target split has an in-distribution holdout)"),
         ]
         for ok, key, expected in checks:
             if not ok:
@@ -140,7 +181,7 @@ class SearchSettings:
     max_epochs: int = 50
     patience: int = 5
     image_size: int = 150
-    split: str = "patient"
+    split: str = "auto"  # auto: target when the dataset has test/, else patient
     seed: int = 0
     data_limit: int = 0
     grace_period: int = 3  # ASHA: epochs before a trial can first be stopped
@@ -158,7 +199,7 @@ class SearchSettings:
             (self.num_samples >= 0, "num_samples", "0 or more"),
             (self.max_epochs >= 1, "max_epochs", "at least 1"),
             (self.image_size >= 16, "image_size", "at least 16"),
-            (self.split in SPLITS, "split", f"one of {', '.join(SPLITS)}"),
+            (self.split in SEARCH_SPLITS, "split", f"one of {', '.join(SEARCH_SPLITS)}"),
             (1 <= self.grace_period, "grace_period", "at least 1"),
             (self.reduction_factor >= 2, "reduction_factor", "at least 2"),
             (self.searcher in ("random", "tpe"), "searcher", "'random' or 'tpe'"),
