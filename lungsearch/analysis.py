@@ -1,6 +1,7 @@
-"""Rank a run's trials, evaluate the best models and the report's three models on the held-out test part
-(bootstrap confidence intervals), average the top trials into an ensemble, export models. No plotting here.
-Thresholds are only ever chosen on the validation part."""
+"""Rank a run's trials by the search's objective, evaluate the best models and the report's three models on
+the held-out test part (bootstrap confidence intervals) and, with the target split, on the in-distribution
+holdout; average the top trials into an ensemble, export models. No plotting here. Thresholds are only ever
+chosen on the validation part."""
 from __future__ import annotations
 
 import shutil
@@ -11,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from . import data, space as spaces, store
+from . import data, models, space as spaces, store
 from .config import FIXED_POINTS, TrialConfig, UserError
 from .metrics import binary_metrics
 from .predict import load_model
@@ -24,7 +25,11 @@ SOURCE_REPORT = {"base": {"accuracy": 0.9555, "f1": 0.9686, "recall": 0.9762, "p
                  "bn_aug_dropout": {"accuracy": 0.9418, "f1": 0.9572}}
 SPLIT_NAMES = {"patient": "patient-grouped split (no child in two parts)",
                "report": "random 80:20 image split, as the source report (images of one child may sit in "
-                         "train and test, so figures are optimistic)"}
+                         "train and test, so figures are optimistic)",
+               "target": "target-distribution split: validation and test are halves of the dataset's own test/ "
+                         "folder, grouped by patient; an in-distribution holdout of train/ patients is only reported"}
+# How runs from before the objective existed ranked their trials.
+OLD_RANKING = "validation F1, ties broken by validation AUC (this run predates the objective)"
 
 
 @dataclass
@@ -46,9 +51,19 @@ class Run:
         return TrialConfig.from_dict(spaces.active(params, self.manifest.get("conditions", {})))
 
 
+def objective_text(manifest: dict[str, Any]) -> str:
+    """In words, the one number that ranked the run's trials (and drove early stopping and ASHA)."""
+    return manifest.get("objective", {}).get("text") or OLD_RANKING
+
+
+def score_column(table: pd.DataFrame) -> str:
+    """The column of trials.csv or history.csv holding that number: objective, or val_f1 in older runs."""
+    return "objective" if "objective" in table.columns else "val_f1"
+
+
 @dataclass
 class Evaluation:
-    """One model (or an ensemble) on the validation and test parts."""
+    """One model (or an ensemble) on the validation, test and (target split) holdout parts."""
 
     name: str  # fixed point name, trial name, or "ensemble of k"
     trials: list[str]
@@ -59,11 +74,11 @@ class Evaluation:
     test_tuned: dict[str, float]  # at the validation threshold
     ci: dict[str, tuple[float, float]]  # 95% bootstrap intervals at 0.5
     ci_tuned: dict[str, tuple[float, float]]  # ... at the validation threshold
-    y_val: np.ndarray = field(repr=False)  # labels and probabilities, kept for ensembles and figures
-    p_val: np.ndarray = field(repr=False)
-    y_test: np.ndarray = field(repr=False)
-    p_test: np.ndarray = field(repr=False)
+    y: dict[str, np.ndarray] = field(repr=False)  # labels and probabilities by part, for ensembles and figures
+    p: dict[str, np.ndarray] = field(repr=False)
     fixed_point: str = ""
+    holdout: dict[str, float] | None = None  # at 0.5; None without a holdout part (split other than target)
+    holdout_tuned: dict[str, float] | None = None  # at the validation threshold
 
 
 @dataclass
@@ -99,15 +114,17 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials ranked by validation F1, ties broken by validation AUC; trials without metrics last."""
-    board = trials.sort_values(["val_f1", "val_auc"], ascending=False, na_position="last",
-                               kind="mergesort").reset_index(drop=True)
+    """Trials ranked by the objective, ties broken by validation F1 (an older table without the objective:
+    by validation F1, then AUC); trials without metrics last."""
+    keys = ["objective", "val_f1"] if score_column(trials) == "objective" else ["val_f1", "val_auc"]
+    board = trials.sort_values(keys, ascending=False, na_position="last", kind="mergesort").reset_index(drop=True)
     board.insert(0, "rank", np.arange(1, len(board) + 1))
     return board
 
 
 class RunData:
-    """The run's dataset and split, with validation and test arrays decoded once per image size."""
+    """The run's dataset and split, with the arrays of its evaluated parts decoded once per image size and
+    decode-time normalisation."""
 
     def __init__(self, run: Run, data_dir: str | Path | None = None, log: Callable[[str], Any] = print):
         consts = run.manifest["run_constants"]
@@ -116,24 +133,28 @@ class RunData:
             raise UserError(f"the run's dataset {self.dir} is not there; pass --data DIR pointing at the same "
                             f"dataset (fingerprint {run.manifest['data']['fingerprint']})")
         self.consts, self.log, self.manifest = consts, log, run.manifest
-        self.arrays_by_size: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        self.arrays: dict[tuple[int, str], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         self.ds, self.images = self.load(int(consts["image_size"]))
         self.split = data.make_split(self.ds, consts["split"], int(consts["seed"]), int(consts["data_limit"]))
 
-    def load(self, size: int) -> tuple[data.Dataset, np.ndarray]:
-        ds, images = data.load(self.dir, size, None, log=self.log)  # this user's cache ($LUNGSEARCH_CACHE)
+    def load(self, size: int, normalize: str = "none") -> tuple[data.Dataset, np.ndarray]:
+        # this user's cache ($LUNGSEARCH_CACHE)
+        ds, images = data.load(self.dir, size, None, log=self.log, normalize=normalize)
         if ds.fingerprint != self.manifest["data"]["fingerprint"]:
             raise UserError(f"dataset {self.dir} has fingerprint {ds.fingerprint} but the run used "
                             f"{self.manifest['data']['fingerprint']}: the files changed, so the run's test part "
                             f"cannot be rebuilt; pass --data DIR with the dataset the run was trained on")
         return ds, images
 
-    def parts(self, size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Validation and test inputs at `size` px (the split's indices do not depend on the size)."""
-        if size not in self.arrays_by_size:
-            ds, images = (self.ds, self.images) if size == int(self.consts["image_size"]) else self.load(size)
-            self.arrays_by_size[size] = {p: data.arrays(images, ds, self.split[p]) for p in ("val", "test")}
-        return self.arrays_by_size[size]
+    def parts(self, size: int, normalize: str = "none") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Validation, test and (when the split has one) holdout inputs at `size` px, decoded with `normalize`
+        (a model's decode_normalization); the split's indices depend on neither."""
+        key = (size, normalize)
+        if key not in self.arrays:
+            own = key == (int(self.consts["image_size"]), "none")
+            ds, images = (self.ds, self.images) if own else self.load(size, normalize)
+            self.arrays[key] = {p: data.arrays(images, ds, idx) for p, idx in self.split.items() if p != "train"}
+        return self.arrays[key]
 
 
 def val_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -197,19 +218,22 @@ def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (np.r_[0, fp[last] / max(fp[-1], 1)], np.r_[0, tp[last] / max(tp[-1], 1)])
 
 
-def evaluate(name: str, trials: list[str], sizes: list[int], y_val, p_val, y_test, p_test, n_boot: int = 1000,
-             seed: int = 0, fixed_point: str = "") -> Evaluation:
-    """Metrics at 0.5 and at the threshold chosen on validation, with bootstrap intervals on test."""
-    thr = val_threshold(y_val, p_val)
-    return Evaluation(name, trials, sizes, thr, binary_metrics(y_val, p_val), binary_metrics(y_test, p_test),
-                      binary_metrics(y_test, p_test, thr), bootstrap_ci(y_test, p_test, 0.5, n_boot, seed),
-                      bootstrap_ci(y_test, p_test, thr, n_boot, seed), y_val, p_val, y_test, p_test, fixed_point)
+def evaluate(name: str, trials: list[str], sizes: list[int], y: dict[str, np.ndarray], p: dict[str, np.ndarray],
+             n_boot: int = 1000, seed: int = 0, fixed_point: str = "") -> Evaluation:
+    """Metrics at 0.5 and at the threshold chosen on validation, with bootstrap intervals on test; labels `y`
+    and probabilities `p` by part (val, test, optionally holdout)."""
+    thr = val_threshold(y["val"], p["val"])
+    at = {part: [binary_metrics(y[part], p[part], t) for t in (0.5, thr)] for part in y}  # at 0.5, at thr
+    ci = [bootstrap_ci(y["test"], p["test"], t, n_boot, seed) for t in (0.5, thr)]
+    return Evaluation(name, trials, sizes, thr, at["val"][0], *at["test"], *ci, y, p, fixed_point,
+                      *at.get("holdout", [None, None]))
 
 
 def analyse(run_dir: str | Path, top: int = 5, ensemble: int = 3, data_dir: str | Path | None = None,
             n_boot: int = 1000, log: Callable[[str], Any] = print) -> Analysis:
     """Rank the trials and evaluate the fixed points, the `top` best trials with checkpoints and an
-    ensemble of the `ensemble` best (0: none) on the run's own validation and test parts."""
+    ensemble of the `ensemble` best (0: none) on the run's own validation, test and holdout parts, each
+    model fed images decoded as it was trained on and predicted with test-time flips when its config says."""
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     if ensemble == 1 or ensemble < 0:
@@ -226,19 +250,17 @@ def analyse(run_dir: str | Path, top: int = 5, ensemble: int = 3, data_dir: str 
         cfg = run.config(trial)
         model = load_model(run.checkpoint(trial))
         size = int(model.input_shape[1])
-        (x_val, y_val), (x_test, y_test) = rdata.parts(size)["val"], rdata.parts(size)["test"]
-        p_val, p_test = (np.asarray(model.predict(x, batch_size=256, verbose=0), np.float64).ravel()
-                         for x in (x_val, x_test))
-        evals[trial] = evaluate(cfg.fixed_point or trial, [trial], [size], y_val.ravel(), p_val, y_test.ravel(),
-                                p_test, n_boot, seed, cfg.fixed_point)
+        parts = rdata.parts(size, models.decode_normalization(model))
+        y = {k: labels.ravel() for k, (_, labels) in parts.items()}
+        p = {k: models.predict_proba(model, x, cfg.tta) for k, (x, _) in parts.items()}
+        evals[trial] = evaluate(cfg.fixed_point or trial, [trial], [size], y, p, n_boot, seed, cfg.fixed_point)
         log(f"evaluated {trial}: test F1 {evals[trial].test['f1']:.4f} at 0.5, "
             f"{evals[trial].test_tuned['f1']:.4f} at the validation threshold {evals[trial].threshold:.3f}")
     members, ens = (ranked[:ensemble] if ensemble else []), None
     if len(members) >= 2:
         first = evals[members[0]]
         ens = evaluate(f"ensemble of {len(members)}", members, [s for m in members for s in evals[m].image_sizes],
-                       first.y_val, np.mean([evals[m].p_val for m in members], axis=0), first.y_test,
-                       np.mean([evals[m].p_test for m in members], axis=0), n_boot, seed)
+                       first.y, {k: np.mean([evals[m].p[k] for m in members], axis=0) for k in first.p}, n_boot, seed)
     board = board.drop(columns=["trial_dir"], errors="ignore")
     board.to_csv(run.dir / "leaderboard.csv", index=False)  # rank, trial, ..., checkpoint (True if saved)
     best = evals[ranked[0]] if ranked else None
@@ -246,39 +268,43 @@ def analyse(run_dir: str | Path, top: int = 5, ensemble: int = 3, data_dir: str 
 
 
 def asha_rungs(run: Run) -> list[tuple[int, pd.Series]]:
-    """ASHA's rungs (epochs, placed as Ray's AsyncHyperBand places them), each with the validation F1 there
-    of the sampled trials that reached it (fixed points are never stopped, so they are left out)."""
+    """ASHA's rungs (epochs, placed as Ray's AsyncHyperBand places them), each with the objective there (the
+    number ASHA compares; validation F1 in older runs) of the sampled trials that reached it (fixed points are
+    never stopped, so they are left out)."""
     s, h = run.manifest["settings"], run.history
     lo, hi, rf = min(s["grace_period"], s["max_epochs"]), s["max_epochs"], s["reduction_factor"]
     rungs = sorted({lo * rf ** k for k in range(int(np.log(hi / lo) / np.log(rf) + 1))} | {hi})
     sampled = set(run.trials.loc[run.trials["fixed_point"] == "", "trial"])
-    return [(r, h.loc[(h["epoch"] == r) & h["trial"].isin(sampled), "val_f1"]) for r in rungs]
+    return [(r, h.loc[(h["epoch"] == r) & h["trial"].isin(sampled), score_column(h)]) for r in rungs]
 
 
 def card(a: Analysis, ev: Evaluation) -> dict[str, Any]:
     """What a user of an exported model needs: input, threshold, metrics, config, data and split."""
-    protocol = a.run.manifest["run_constants"]["split"]
+    protocol, split = a.run.manifest["run_constants"]["split"], a.run.manifest["data"]["split"]
+    holdout = {"holdout_at_0.5": ev.holdout, "holdout_at_threshold": ev.holdout_tuned} if ev.holdout else {}
     return {
         "classes": list(data.CLASSES), "output": "probability of PNEUMONIA (sigmoid)",
         "input": "greyscale, resized to image_size x image_size (OpenCV bilinear), scaled to [0, 1]",
         "greyscale": True, "image_size": ev.image_sizes[0] if len(set(ev.image_sizes)) == 1 else ev.image_sizes,
         "threshold": ev.threshold, "threshold_chosen_on": "validation part (maximises validation F1)",
         "metrics": {"test_at_0.5": ev.test, "test_at_threshold": ev.test_tuned, "val_at_0.5": ev.val,
-                    "test_ci95_at_0.5": ev.ci, "test_ci95_at_threshold": ev.ci_tuned},
+                    "test_ci95_at_0.5": ev.ci, "test_ci95_at_threshold": ev.ci_tuned, **holdout},
         "trials": ev.trials, "fixed_point": ev.fixed_point, "data_fingerprint": a.run.manifest["data"]["fingerprint"],
-        "split_protocol": protocol, "split": SPLIT_NAMES.get(protocol, protocol), "run_dir": str(a.run.dir),
+        "split_protocol": protocol, "split": SPLIT_NAMES.get(protocol, protocol), "split_sources":
+            split.get("sources", {}), "objective": objective_text(a.run.manifest), "run_dir": str(a.run.dir),
         "keras_backend": a.run.manifest.get("keras_backend"),
     }
 
 
 def export_best(a: Analysis) -> Path | None:
-    """best_model.keras and its card best_model.json in the run folder; None if no trial has a model."""
+    """best_model.keras and its card best_model.json in the run folder; None if no trial has a model. The best
+    model is the search's first-ranked trial with a checkpoint (ranked by the objective, never by test)."""
     if a.best is None:
         return None
-    dest = a.run.dir / "best_model.keras"
+    dest, cfg = a.run.dir / "best_model.keras", a.run.config(a.best.trials[0])
     load_model(a.run.checkpoint(a.best.trials[0])).save(dest)  # without optimizer state: a third the size
-    store.write_json(a.run.dir / "best_model.json",
-                     {"model": dest.name, **card(a, a.best), "config": a.run.config(a.best.trials[0]).to_dict()})
+    store.write_json(a.run.dir / "best_model.json", {"model": dest.name, **card(a, a.best), "tta": cfg.tta,
+                                                     "normalize": cfg.normalize, "config": cfg.to_dict()})
     return dest
 
 

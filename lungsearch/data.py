@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import UserError
+from .config import DECODE_TIME_NORMALIZATIONS, NORMALIZATIONS, UserError
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
 PARTS = ("train", "val", "test")
@@ -89,8 +88,22 @@ def is_complete(raw: np.ndarray, suffix: str) -> bool:
     return data[:2] == b"\xff\xd8" and b"\xff\xd9" in data[-4096:]
 
 
-def read_image(path: Path, size: int | None) -> np.ndarray | None:
-    """Decode one image as 8-bit greyscale (resized to size x size when size is given); None if unreadable."""
+def decode_method(normalize: str) -> str:
+    """The normalisation applied when decoding: equalize or clahe; none for none and standardize (a model layer)."""
+    if normalize in DECODE_TIME_NORMALIZATIONS:
+        return normalize
+    if normalize in NORMALIZATIONS:
+        return "none"
+    raise UserError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+
+
+def read_image(path: Path, size: int | None, normalize: str = "none") -> np.ndarray | None:
+    """Decode one image as 8-bit greyscale (resized to size x size when size is given); None if unreadable.
+
+    normalize "equalize" (histogram equalisation) or "clahe" (CLAHE, clip limit 2, 8 x 8 tiles) is applied
+    to the full-size image before resizing; "none" and "standardize" decode as is.
+    """
+    method = decode_method(normalize)
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0 or not is_complete(raw, path.suffix.lower()):
         return None
@@ -101,6 +114,10 @@ def read_image(path: Path, size: int | None) -> np.ndarray | None:
         image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif image.dtype != np.uint8:
         return None
+    if method == "equalize":
+        image = cv2.equalizeHist(image)
+    elif method == "clahe":
+        image = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(image)
     if size is not None:
         image = cv2.resize(image, (size, size))  # OpenCV's default bilinear, as the report
     return image
@@ -146,24 +163,26 @@ def default_cache_dir() -> Path:
 
 
 def load(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = None,
-         log=print) -> tuple[Dataset, np.ndarray]:
+         log=print, normalize: str = "none") -> tuple[Dataset, np.ndarray]:
     """Scan a dataset and return it with its images (uint8, N x size x size), decoded once and cached on disk.
 
-    The cache is keyed by the dataset fingerprint (file names and contents) and the image size, so a
-    changed file or size decodes afresh. Unreadable images are dropped from the dataset and listed in
-    `Dataset.unreadable`.
+    The cache is keyed by the dataset fingerprint (file names and contents), the image size and the
+    decode-time normalisation (see read_image), so a changed file, size or normalisation decodes afresh.
+    Unreadable images are dropped from the dataset and listed in `Dataset.unreadable`.
     """
+    method = decode_method(normalize)
     ds = scan(data_dir)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    stem = cache / f"{ds.fingerprint}-{image_size}"
+    stem = cache / (f"{ds.fingerprint}-{image_size}" + ("" if method == "none" else f"-{method}"))
     npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
     if npy.exists() and meta.exists():
         bad = set(json.loads(meta.read_text())["unreadable"])
         images = np.load(npy, mmap_mode="r")
     else:
-        log(f"decoding {len(ds.files)} images of {ds.root} at {image_size}x{image_size} (once; cached in {cache})")
+        how = "" if method == "none" else f" with {method}"
+        log(f"decoding {len(ds.files)} images of {ds.root} at {image_size}x{image_size}{how} (once; cached in {cache})")
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            decoded = list(pool.map(lambda f: read_image(ds.root / f, image_size), ds.files))
+            decoded = list(pool.map(lambda f: read_image(ds.root / f, image_size, method), ds.files))
         bad = {f for f, img in zip(ds.files, decoded) if img is None}
         images = np.stack([img for img in decoded if img is not None])
         cache.mkdir(parents=True, exist_ok=True)
@@ -209,39 +228,90 @@ def grouped_pick(labels: np.ndarray, groups: list[str], fraction: float, rng: np
     return mask
 
 
+OWN_VAL_MIN = 200  # a dataset's own val/ folder is used as such from this many images (both classes) up
+HOLDOUT_FRACTION = 0.10  # target split: share of train/ patients kept as the in-distribution holdout
+
+
+def own_val_usable(ds: Dataset) -> bool:
+    """True when the dataset's own val/ folder is big enough to validate on (Kermany's has 16 images)."""
+    val = ds.parts == "val"
+    return int(val.sum()) >= OWN_VAL_MIN and len(set(ds.labels[val].tolist())) == 2
+
+
+def resolve_split(ds: Dataset, protocol: str) -> str:
+    """'auto' becomes 'target' for a dataset with its own test/ folder, else 'patient'."""
+    if protocol != "auto":
+        return protocol
+    return "target" if (ds.parts == "test").any() else "patient"
+
+
+def split_sources(ds: Dataset, protocol: str) -> dict[str, str]:
+    """Where each part of a split comes from, in words, for the manifest and the report."""
+    has_test, own_val = bool((ds.parts == "test").any()), own_val_usable(ds)
+    val_folder = "the dataset's own val/ folder"
+    pooled = "train/" + (" and val/ (too small to validate on)" if (ds.parts == "val").any() and not own_val else "")
+    if protocol == "report":
+        return {"train": "every image pooled, 72%", "val": "every image pooled, 8%", "test": "every image pooled, 20%"}
+    if protocol == "target":
+        return {"train": "train/" if own_val else f"{pooled} less the holdout",
+                "holdout": val_folder if own_val else f"{100 * HOLDOUT_FRACTION:.0f}% of the patients of {pooled}"
+                                                      " (in-distribution)",
+                "val": "half of the dataset's own test/ patients (target distribution)",
+                "test": "the other half of test/ patients (target distribution)"}
+    return {"train": "train/" if own_val else f"{pooled} less validation",
+            "val": val_folder if own_val else f"12% of the patients of {pooled}",
+            "test": "the dataset's own test/ folder" if has_test else f"20% of the patients of {pooled}"}
+
+
 def make_split(ds: Dataset, protocol: str, seed: int = 0, data_limit: int = 0) -> dict[str, np.ndarray]:
-    """Indices of the train, val and test parts under a split protocol.
+    """Indices of the parts (train, val, test; the target split adds holdout) under a split protocol.
 
     report:  every image pooled, stratified random 80:20; the 20% is test; val is 10% of the 80%.
-    patient: the dataset's own test/ if it has one, else 20% of patients; val is 12% of the remaining
-             patients. Patient-grouped and stratified; no patient in two parts.
-    data_limit > 0 keeps a stratified random subset: that many training images, a quarter as many for
-    val and test (smoke runs).
+    patient: the dataset's own test/ if it has one, else 20% of patients; val is the dataset's own val/
+             when it has at least OWN_VAL_MIN images, else 12% of the remaining patients.
+    target:  validate on the target distribution: the dataset's own test/ is halved by patient, stratified
+             by class, into val and test; train/ (with a small val/) is the training data, less an
+             in-distribution holdout of 10% of its patients (or the own val/ when big enough) that is
+             only reported, never selected on.
+    Patient-grouped protocols keep each patient key in one of the parts they carve. data_limit > 0 keeps
+    a stratified random subset: that many training images, a quarter as many for the other parts (smoke runs).
     """
     rng = np.random.default_rng(seed)
     all_idx = np.arange(len(ds.files))
     labels = ds.labels
+
+    def grouped(idx: np.ndarray, fraction: float) -> np.ndarray:
+        return grouped_pick(labels[idx], [ds.patients[i] for i in idx], fraction, rng)
+
     if protocol == "report":
         test = stratified_pick(labels, 0.2, rng)
         rest = all_idx[~test]
         val_in_rest = stratified_pick(labels[rest], 0.1, rng)
         split = {"train": rest[~val_in_rest], "val": rest[val_in_rest], "test": all_idx[test]}
-    elif protocol == "patient":
-        if (ds.parts == "test").any():
-            test = ds.parts == "test"
+    elif protocol in ("patient", "target"):
+        has_test = (ds.parts == "test").any()
+        if protocol == "target" and not has_test:
+            raise UserError(f"--split target validates on the dataset's own test/ folder, and {ds.root} has none: "
+                            f"add the official test/ folder, or use --split patient (patient-grouped, validation "
+                            f"from train/) or --split report (the source report's random 80:20 split)")
+        own_val = own_val_usable(ds)
+        fit = all_idx[(ds.parts != "test") & ~((ds.parts == "val") & own_val)]
+        if protocol == "target":
+            test_idx = all_idx[ds.parts == "test"]
+            val_half = grouped(test_idx, 0.5)
+            inside = all_idx[ds.parts == "val"] if own_val else fit[grouped(fit, HOLDOUT_FRACTION)]
+            split = {"train": np.setdiff1d(fit, inside), "val": test_idx[val_half], "test": test_idx[~val_half],
+                     "holdout": inside}
         else:
-            test = grouped_pick(labels, ds.patients, 0.2, rng)
-        rest = all_idx[~test]
-        val_in_rest = grouped_pick(labels[rest], [ds.patients[i] for i in rest], 0.12, rng)
-        split = {"train": rest[~val_in_rest], "val": rest[val_in_rest], "test": all_idx[test]}
-        shared = shared_patients(ds, split)
-        if shared:  # only possible when the dataset's own test/ shares patients with train/ or val/
-            print(f"warning: {len(shared)} patient(s) appear in two parts: {', '.join(sorted(shared)[:5])}",
-                  file=sys.stderr)
+            test = all_idx[ds.parts == "test"] if has_test else fit[grouped(fit, 0.2)]
+            rest = np.setdiff1d(fit, test)
+            val = all_idx[ds.parts == "val"] if own_val else rest[grouped(rest, 0.12)]
+            split = {"train": np.setdiff1d(rest, val), "val": val, "test": test}
     else:
-        raise UserError(f"--split must be 'patient' or 'report', got {protocol!r}")
+        raise UserError(f"--split must be one of patient, report, target, got {protocol!r}")
     if data_limit:
-        limits = {"train": data_limit, "val": max(data_limit // 4, 8), "test": max(data_limit // 4, 8)}
+        limits = {part: max(data_limit // 4, 8) for part in split}
+        limits["train"] = data_limit
         for part, idx in split.items():
             if len(idx) > limits[part]:
                 keep = stratified_pick(labels[idx], limits[part] / len(idx), rng)
@@ -286,6 +356,7 @@ def split_summary(ds: Dataset, split: dict[str, np.ndarray], protocol: str) -> d
     return {
         "protocol": protocol,
         "parts": parts,
+        "sources": split_sources(ds, protocol),
         "unknown_patient_keys": ds.unknown_patients,
         "patients_in_two_parts": sorted(shared_patients(ds, split)),
         "images_in_two_parts": shared_images(ds, split),

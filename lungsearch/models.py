@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import layers, ops
 
-from .config import TrialConfig
+from .config import DECODE_TIME_NORMALIZATIONS, TrialConfig
 
 
 @keras.saving.register_keras_serializable(package="lungsearch")
@@ -74,6 +75,99 @@ class RandomAffine(layers.Layer):
                 "shear": self.shear, "flip": self.flip, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="lungsearch")
+class RandomIntensity(layers.Layer):
+    """Intensity augmentation of [0, 1] images, one draw per image; active only in training.
+
+    In order: gamma x ** exp(U(-gamma, gamma)), contrast (x - mean) * U(1-contrast, 1+contrast) + mean
+    (the image's mean), brightness + U(-brightness, brightness), Gaussian noise of std `noise`; the
+    result is clipped to [0, 1]. A strength of 0 skips its part.
+    """
+
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, gamma: float = 0.0, noise: float = 0.0,
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.brightness, self.contrast, self.gamma, self.noise, self.seed = brightness, contrast, gamma, noise, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        shape = ops.shape(images)
+
+        def uniform(low, high):
+            return keras.random.uniform((shape[0], 1, 1, 1), low, high, seed=self.seed_generator)
+
+        x = images
+        if self.gamma:
+            x = ops.power(ops.clip(x, 1e-6, 1.0), ops.exp(uniform(-self.gamma, self.gamma)))
+        if self.contrast:
+            mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+            x = (x - mean) * uniform(1.0 - self.contrast, 1.0 + self.contrast) + mean
+        if self.brightness:
+            x = x + uniform(-self.brightness, self.brightness)
+        if self.noise:
+            x = x + keras.random.normal(shape, stddev=self.noise, seed=self.seed_generator)
+        return ops.clip(x, 0.0, 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "brightness": self.brightness, "contrast": self.contrast,
+                "gamma": self.gamma, "noise": self.noise, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="lungsearch")
+class PerImageStandardization(layers.Layer):
+    """(x - mean) / max(std, 1e-3) per image, in training and at inference."""
+
+    def call(self, images):
+        mean = ops.mean(images, axis=(1, 2, 3), keepdims=True)
+        std = ops.sqrt(ops.mean(ops.square(images - mean), axis=(1, 2, 3), keepdims=True))
+        return (images - mean) / ops.maximum(std, 1e-3)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="lungsearch")
+class DecodedWith(layers.Layer):
+    """Identity. Records in the saved model the decode-time normalisation (equalize, clahe) its inputs need."""
+
+    def __init__(self, method: str = "none", **kwargs):
+        super().__init__(**kwargs)
+        self.method = method
+
+    def call(self, images):
+        return images
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "method": self.method}
+
+
+def decode_normalization(model: keras.Model) -> str:
+    """The decode-time normalisation a model's inputs need (its DecodedWith layer's method), else "none"."""
+    for layer in model.layers:
+        if isinstance(layer, DecodedWith):
+            return layer.method
+    return "none"
+
+
+def predict_proba(model: keras.Model, x: np.ndarray, tta: bool = False, batch_size: int = 256) -> np.ndarray:
+    """PNEUMONIA probabilities (float64, shape (N,)) of N x H x W x 1 images; with tta, the mean with the
+    prediction of the horizontally flipped images."""
+    x = np.asarray(x)
+    probs = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), np.float64).ravel()
+    if tta:
+        flipped = np.ascontiguousarray(x[:, :, ::-1])
+        probs = (probs + np.asarray(model.predict(flipped, batch_size=batch_size, verbose=0), np.float64).ravel()) / 2
+    return probs
+
+
 def conv_block(x, filters: int, cfg: TrialConfig, index: int):
     """Conv(relu) [+ BatchNorm] [+ residual shortcut] + pooling; residual blocks use 'same' padding."""
     padding = "same" if cfg.residual else cfg.padding
@@ -91,9 +185,16 @@ def build(cfg: TrialConfig) -> keras.Model:
     """The CNN a config describes. Defaults give the report's base model (2,460,289 parameters at 150 px)."""
     inputs = keras.Input((cfg.image_size, cfg.image_size, 1), name="xray")
     x = inputs
+    if cfg.normalize in DECODE_TIME_NORMALIZATIONS:  # applied when images are decoded; recorded in the model
+        x = DecodedWith(cfg.normalize, name="decoded_with")(x)
     if cfg.augment:
         x = RandomAffine(cfg.aug_rotation, cfg.aug_zoom, cfg.aug_shift, cfg.aug_shear, cfg.aug_flip,
                          seed=cfg.seed, name="augment", dtype="float32")(x)  # warps in float32 under bfloat16
+    if max(cfg.aug_brightness, cfg.aug_contrast, cfg.aug_gamma, cfg.aug_noise) > 0:
+        x = RandomIntensity(cfg.aug_brightness, cfg.aug_contrast, cfg.aug_gamma, cfg.aug_noise,
+                            seed=cfg.seed + 1, name="intensity", dtype="float32")(x)  # +1: not RandomAffine's draws
+    if cfg.normalize == "standardize":
+        x = PerImageStandardization(name="standardize", dtype="float32")(x)
     for i in range(cfg.conv_blocks):
         side = x.shape[1] - (0 if cfg.residual or cfg.padding == "same" else cfg.kernel_size - 1)
         if side < 2:

@@ -30,6 +30,7 @@ class Predictor:
     models: list[Any]
     threshold: float = 0.5
     card: dict[str, Any] = field(default_factory=dict)
+    tta: list[bool] = field(default_factory=list)  # per model: average with the flipped image's prediction
 
     @property
     def sizes(self) -> list[int]:
@@ -37,20 +38,24 @@ class Predictor:
 
     def probabilities(self, paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
         """Mean PNEUMONIA probability of each readable image, and the paths that could not be read."""
+        from . import models
+
         bad: list[Path] = []
         probs = []
+        methods = [models.decode_normalization(m) for m in self.models]
+        ttas = self.tta or [False] * len(self.models)
         for start in range(0, len(paths), BATCH):
             chunk = paths[start: start + BATCH]
             per_model = []
-            for model, size in zip(self.models, self.sizes):
-                images = [data.read_image(p, size) for p in chunk]
+            for model, size, method, tta in zip(self.models, self.sizes, methods, ttas):
+                images = [data.read_image(p, size, method) for p in chunk]
                 if not per_model:  # the first member decides which images are unreadable
                     bad += [p for p, img in zip(chunk, images) if img is None]
                 images = [img for img in images if img is not None]
                 if not images:
                     break
                 x = np.stack(images).astype(np.float32)[..., None] / 255.0
-                per_model.append(np.asarray(model.predict(x, batch_size=BATCH, verbose=0), np.float64).ravel())
+                per_model.append(models.predict_proba(model, x, tta, BATCH))
             if per_model:
                 probs.append(np.mean(per_model, axis=0))
         return (np.concatenate(probs) if probs else np.zeros(0)), bad
@@ -75,6 +80,11 @@ def read_card(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read model card {path}: {err}") from None
 
 
+def uses_tta(card: dict[str, Any]) -> bool:
+    """Whether a model card (or ensemble member) says the model was evaluated with flip TTA."""
+    return bool((card.get("config") or {}).get("tta", False))
+
+
 def load(model_path: str | Path) -> Predictor:
     """A Predictor from a .keras file, a model card or an ensemble card; a bad path is a UserError."""
     path = Path(model_path).expanduser().resolve()
@@ -84,7 +94,7 @@ def load(model_path: str | Path) -> Predictor:
     if path.suffix == ".keras":
         card_file = path.with_suffix(".json")
         card = read_card(card_file) if card_file.is_file() else {}
-        return Predictor(path, [load_model(path)], float(card.get("threshold", 0.5)), card)
+        return Predictor(path, [load_model(path)], float(card.get("threshold", 0.5)), card, [uses_tta(card)])
     if path.suffix != ".json":
         raise UserError(f"model {path} is neither a .keras file nor a .json model or ensemble card")
     card = read_card(path)
@@ -97,7 +107,8 @@ def load(model_path: str | Path) -> Predictor:
     if missing:
         raise UserError(f"{path} lists model file(s) that are missing: {', '.join(missing)}; keep the card "
                         f"next to the files it names (copy the whole run folder, or ensemble/ with ensemble.json)")
-    return Predictor(path, [load_model(f) for f in files], float(card.get("threshold", 0.5)), card)
+    ttas = [uses_tta(m) for m in card["members"]] if card.get("members") else [uses_tta(card)]
+    return Predictor(path, [load_model(f) for f in files], float(card.get("threshold", 0.5)), card, ttas)
 
 
 def predict(model_path: str | Path, images: list[str]) -> int:

@@ -18,9 +18,8 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, Searcher
 
 from . import data, space as spaces, store
-from .config import FIXED_POINTS, SMOKE, SearchSettings, TrialConfig, UserError
+from .config import FIXED_POINTS, OBJECTIVE, OBJECTIVE_MODE, OBJECTIVE_TEXT, SMOKE, SearchSettings, TrialConfig, UserError
 
-ASHA_METRIC, ASHA_MODE = "val_loss", "min"  # what ASHA compares at each rung; trials are ranked by val_f1 later
 ENV_PASSED = ("KERAS_BACKEND", "XLA_PYTHON_CLIENT_PREALLOCATE", "TF_FORCE_GPU_ALLOW_GROWTH", "TF_CPP_MIN_LOG_LEVEL",
               "LUNGSEARCH_CACHE")
 
@@ -39,7 +38,7 @@ class FixedPointASHA(AsyncHyperBandScheduler):
 
 
 class Progress(tune.Callback):
-    """One line per change: trials running, finished, stopped by ASHA and failed, and the best F1 so far."""
+    """One line per change: trials running, finished, stopped by ASHA and failed, and the best objective so far."""
 
     def __init__(self, total: int):
         self.total, self.best, self.best_trial, self.line, self.epochs = total, None, "", "", 0
@@ -56,7 +55,7 @@ class Progress(tune.Callback):
                 counts["finished" if (t.last_result or {}).get("final") else "stopped"] += 1
             elif t.status in counts:
                 counts[t.status] += 1
-        best = f"best val F1 {self.best:.4f} ({self.best_trial})" if self.best is not None else "best val F1 -"
+        best = f"best val AUC {self.best:.4f} ({self.best_trial})" if self.best is not None else "best val AUC -"
         line = (f"{counts['RUNNING']} running, {counts['finished']} finished, {counts['stopped']} stopped early, "
                 f"{counts['ERROR']} failed of {self.total} | {self.epochs} epochs trained | {best}")
         if line != self.line:
@@ -66,9 +65,9 @@ class Progress(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.epochs += 1
-        f1 = result.get("val_f1")
-        if f1 is not None and (self.best is None or f1 > self.best):
-            self.best, self.best_trial = f1, trial.trial_id if not trial.config.get("fixed_point") else trial.config["fixed_point"]
+        score = result.get(OBJECTIVE)
+        if score is not None and score == score and (self.best is None or score > self.best):
+            self.best, self.best_trial = score, trial.trial_id if not trial.config.get("fixed_point") else trial.config["fixed_point"]
         self.show(trials)
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -163,11 +162,14 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
         raise UserError(f"--storage/--results must be a file system path every node can reach (NFS, or a bucket "
                         f"mounted with e.g. s3fs or gcsfuse), got the URI {results_dir!r}")
     space = spaces.load(space_path)
-    spaces.check_defaults(space)
+    spaces.check_defaults(space, {"split": "target"})  # before the data is read; again below with the real split
     settings = resolve_settings(space, overrides, smoke)
     data_dir = data_dir_from(data_arg)
     cache_dir = data.default_cache_dir()
     ds, _ = data.load(data_dir, settings.image_size, cache_dir)
+    requested_split = settings.split
+    settings = settings.replace(split=data.resolve_split(ds, settings.split))
+    spaces.check_defaults(space, {"split": settings.split})  # e.g. early_stop_on holdout needs the target split
     split = data.make_split(ds, settings.split, settings.seed, settings.data_limit)
     summary = data.split_summary(ds, split, settings.split)
     print_split(summary)
@@ -184,7 +186,10 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
         "settings": dataclasses.asdict(settings), "smoke": smoke, "run_constants": run_constants,
         "searched": sorted(space.params), "conditions": space.conditions,
         "held_for_smoke": sorted(set(SMOKE) & set(space.params)) if smoke else [],
-        "asha": {"metric": ASHA_METRIC, "mode": ASHA_MODE, "time_attr": "training_iteration (epochs)"},
+        "split_requested": requested_split,
+        "objective": {"metric": OBJECTIVE, "mode": OBJECTIVE_MODE, "text": OBJECTIVE_TEXT,
+                      "used_by": ["early stopping", "ASHA", "searcher", "leaderboard"]},
+        "asha": {"metric": OBJECTIVE, "mode": OBJECTIVE_MODE, "time_attr": "training_iteration (epochs)"},
         "packages": store.package_versions(), "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "python": sys.version.split()[0],
         "data": {"dir": str(data_dir), "fingerprint": ds.fingerprint, "images": len(ds.files),
@@ -238,7 +243,7 @@ def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
                 fn,
                 param_space=param_space,
                 tune_config=tune.TuneConfig(
-                    metric=ASHA_METRIC, mode=ASHA_MODE, num_samples=total,
+                    metric=OBJECTIVE, mode=OBJECTIVE_MODE, num_samples=total,
                     search_alg=searcher(settings, points),
                     scheduler=FixedPointASHA(time_attr="training_iteration", max_t=settings.max_epochs,
                                              grace_period=min(settings.grace_period, settings.max_epochs),
@@ -312,9 +317,11 @@ def searcher(settings: SearchSettings, points: list[dict]):
 
 
 def print_split(summary: dict) -> None:
-    print(f"split '{summary['protocol']}':", ", ".join(
-        f"{part} {p['images']} ({p['NORMAL']} normal / {p['PNEUMONIA']} pneumonia, {p['patients']} patients)"
-        for part, p in summary["parts"].items()), flush=True)
+    print(f"split '{summary['protocol']}':")
+    for part, p in summary["parts"].items():
+        print(f"  {part:<8} {p['images']:>5} images ({p['NORMAL']} normal / {p['PNEUMONIA']} pneumonia, "
+              f"{p['patients']} patients): {summary.get('sources', {}).get(part, '')}")
+    print(f"objective (early stopping, ASHA, ranking): {OBJECTIVE_TEXT}", flush=True)
     if summary["images_in_two_parts"]:
         print(f"warning: {len(summary['images_in_two_parts'])} identical image(s) in two parts (leakage)")
 
@@ -323,7 +330,7 @@ def print_table(table, manifest: dict) -> None:
     if table.empty:
         print("no trials ran")
         return
-    cols = ["trial", "fixed_point", "status", "epochs_run", "val_f1", "val_auc", "test_f1", "test_accuracy"]
+    cols = ["trial", "fixed_point", "status", "epochs_run", "objective", "val_f1", "test_auc", "test_accuracy"]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
     counts = table["status"].value_counts().to_dict()
     print(f"{len(table)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())

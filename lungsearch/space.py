@@ -135,11 +135,15 @@ def active(config: dict[str, Any], conditions: dict[str, list[tuple[str, list]]]
     return out
 
 
-def check_defaults(space: Space) -> None:
-    """Build a TrialConfig from each parameter's bounds so a bad value fails before any trial starts."""
+def check_defaults(space: Space, context: dict[str, Any] | None = None) -> None:
+    """Build a TrialConfig from each parameter's bounds so a bad value fails before any trial starts.
+
+    `context` holds run constants (e.g. the split); a conditional parameter is checked with its parents
+    set to a value that activates it."""
     for name, p in space.params.items():
         values = getattr(p, "values", None) or [getattr(p, "min_value", None), getattr(p, "max_value", None),
                                                  getattr(p, "value", None)]
+        parents = {parent: allowed[0] for parent, allowed in space.conditions.get(name, []) if allowed}
         for v in values:
             if v is not None:
-                TrialConfig.from_dict({name: v})
+                TrialConfig.from_dict({**(context or {}), **parents, name: v})

@@ -15,7 +15,9 @@ from . import space as spaces
 PACKAGES = ("lungsearch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "ray", "keras-tuner",
             "numpy", "opencv-python-headless", "pandas", "matplotlib")
 METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
-HISTORY = ("epoch", "epoch_s", *METRICS, *(f"val_{m}" for m in METRICS))
+SCORED = (*METRICS, "specificity")  # what a trial scores on its validation and holdout parts each epoch
+HISTORY = ("epoch", "epoch_s", "lr", "objective", "kept_epoch", *METRICS, *(f"val_{m}" for m in SCORED),
+           *(f"holdout_{m}" for m in SCORED))
 TEST_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "specificity", "auc", "tp", "fp", "fn", "tn")
 
 
@@ -63,10 +65,11 @@ def read_trial(trial_dir: Path) -> dict[str, Any]:
 
 
 def trial_status(trial: dict[str, Any], failed: set[str]) -> str:
-    """finished (ran to its end), failed (raised on its last try), stopped (by ASHA) or not started."""
+    """finished (ran to its end), diverged (its loss became NaN or infinite), failed (raised on its last
+    try), stopped (by ASHA) or not started."""
     rows = trial["rows"]
     if rows and rows[-1].get("final"):
-        return "finished"
+        return "diverged" if rows[-1].get("diverged") else "finished"
     if trial["dir"].name in failed:
         return "failed"
     return "stopped" if rows else "not started"
@@ -84,8 +87,7 @@ def collect(run_dir: Path, searched: list[str], conditions: dict[str, list], fai
         rows, last = t["rows"], (t["rows"][-1] if t["rows"] else {})
         status = trial_status(t, failed)
         name = t["dir"].name
-        best_epoch = last.get("best_epoch") or (min(rows, key=lambda r: r.get("val_loss", float("inf")))["epoch"]
-                                                 if rows else None)
+        best_epoch = last.get("kept_epoch") or None  # the epoch whose weights the trial keeps (or kept)
         best = next((r for r in rows if r.get("epoch") == best_epoch), {})
         record = {
             "trial": name,
@@ -100,7 +102,9 @@ def collect(run_dir: Path, searched: list[str], conditions: dict[str, list], fai
             "nodes_tried": " ".join(t["nodes"]),
             "startup_s": rows[0].get("startup_s") if rows else None,
             "mean_epoch_s": sum(r.get("epoch_s", 0) for r in rows) / len(rows) if rows else None,
-            **{f"val_{m}": best.get(f"val_{m}") for m in METRICS},
+            "objective": last.get("objective"),
+            **{f"val_{m}": best.get(f"val_{m}") for m in SCORED},
+            **{f"holdout_{m}": best.get(f"holdout_{m}") for m in SCORED},
             **{f"test_{m}": last.get(f"test_{m}") for m in TEST_METRICS},
             **{f"cfg_{k}": active.get(k) for k in searched},  # blank where a condition switched it off
             "error": t["error"].splitlines()[-1] if t["error"] else "",  # the last error, also of a retried trial
@@ -113,7 +117,7 @@ def collect(run_dir: Path, searched: list[str], conditions: dict[str, list], fai
     if not table.empty:
         for col in ("best_epoch", "stopped_at_rung"):
             table[col] = table[col].astype("Int64")
-        table = table.sort_values(["val_f1", "val_auc"], ascending=False, na_position="last")
+        table = table.sort_values(["objective", "val_f1"], ascending=False, na_position="last")
     table.to_csv(run_dir / "trials.csv", index=False)
     pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
     return table

@@ -1,9 +1,12 @@
 """Train one trial config: data, model, fit with early stopping, one report per epoch, test metrics at the end.
 
 No Ray here: `report` is any callable taking a dict (ray.tune.report in a search, list.append in tests).
+Every epoch reports `objective` (config.OBJECTIVE_TEXT): the one number early stopping, ASHA and the
+leaderboard compare.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -16,12 +19,25 @@ from .config import TrialConfig
 from .metrics import binary_metrics
 
 Report = Callable[[dict[str, Any]], Any]
+Parts = dict[str, tuple[np.ndarray, np.ndarray]]
+EPOCH_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "specificity", "auc")
 
 
-def compile_model(model: keras.Model, cfg: TrialConfig) -> None:
+def optimizer(cfg: TrialConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam or AdamW, at a constant learning rate or one that decays to 0 along a cosine over max_epochs
+    (`plateau` halves a constant rate from EpochReporter)."""
+    lr: Any = cfg.learning_rate
+    if cfg.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps_per_epoch * cfg.max_epochs)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    return keras.optimizers.Adam(lr)
+
+
+def compile_model(model: keras.Model, cfg: TrialConfig, steps_per_epoch: int = 1) -> None:
     model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        loss="binary_crossentropy",
+        optimizer=optimizer(cfg, steps_per_epoch),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy"),
             keras.metrics.Precision(name="precision"),
@@ -38,75 +54,134 @@ def class_weights(y: np.ndarray) -> dict[int, float]:
     return {c: float(len(y) / (2 * max(n, 1))) for c, n in enumerate(counts)}
 
 
+class MixUpBatches(keras.utils.PyDataset):
+    """Shuffled training batches in which each image is blended with a random partner, labels alike
+    (MixUp, Zhang et al. 2018): x = lam * x_i + (1 - lam) * x_j with lam ~ Beta(alpha, alpha) per image.
+    Class weights become per-sample weights blended the same way."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int,
+                 weights: dict[int, float] | None = None):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.alpha = x, y, batch_size, alpha
+        self.w = None if weights is None else np.array([weights[int(v)] for v in y.ravel()], np.float32)[:, None]
+        self.rng = np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def on_epoch_end(self) -> None:
+        self.order, self.partner = self.rng.permutation(len(self.x)), self.rng.permutation(len(self.x))
+
+    def __getitem__(self, i: int):
+        sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        a, b = self.order[sl], self.partner[sl]
+        lam = self.rng.beta(self.alpha, self.alpha, (len(a), 1)).astype(np.float32)
+        x = lam[:, :, None, None] * self.x[a] + (1 - lam[:, :, None, None]) * self.x[b]
+        y = lam * self.y[a] + (1 - lam) * self.y[b]
+        if self.w is None:
+            return x, y
+        return x, y, lam * self.w[a] + (1 - lam) * self.w[b]
+
+
 def run_trial(config: dict[str, Any], report: Report, checkpoint_dir: str | Path | None = None,
               started: float | None = None) -> dict[str, Any]:
     """Train the model `config` describes and call `report` once per epoch; the last report holds test metrics.
 
-    Early stopping on validation loss (patience from the config) restores the best weights before the
-    test part is evaluated. Returns the last report. Saves the restored model as model.keras in
-    `checkpoint_dir` when given, before the last report.
+    Early stopping watches validation AUC (or the holdout's, with early_stop_on='holdout'), with patience
+    from the config, and restores the kept epoch's weights before the test part is evaluated. Returns the
+    last report. Saves the restored model as model.keras in `checkpoint_dir` when given, before the last report.
     """
     started = started or time.time()
     cfg = TrialConfig.from_dict(config)
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if cfg.mixed_precision else "float32")
     keras.utils.set_random_seed(cfg.seed)
-    ds, images = data.load(cfg.data_dir, cfg.image_size, cfg.cache_dir or None)
+    ds, images = data.load(cfg.data_dir, cfg.image_size, cfg.cache_dir or None, normalize=cfg.normalize)
     split = data.make_split(ds, cfg.split, seed=cfg.seed, data_limit=cfg.data_limit)
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (data.arrays(images, ds, split[p]) for p in data.PARTS)
+    parts = {p: data.arrays(images, ds, idx) for p, idx in split.items()}
+    (x_train, y_train) = parts.pop("train")
     model = models.build(cfg)
-    compile_model(model, cfg)
-    state = EpochReporter(report, cfg, x_test, y_test, started, checkpoint_dir)
-    model.fit(
-        x_train, y_train, batch_size=cfg.batch_size, epochs=cfg.max_epochs, validation_data=(x_val, y_val),
-        class_weight=class_weights(y_train) if cfg.class_weight else None, callbacks=[state], verbose=0,
-        shuffle=True,
-    )
+    steps = math.ceil(len(x_train) / cfg.batch_size)
+    compile_model(model, cfg, steps)
+    weights = class_weights(y_train) if cfg.class_weight else None
+    state = EpochReporter(report, cfg, parts, started, checkpoint_dir)
+    if cfg.mixup > 0:
+        model.fit(MixUpBatches(x_train, y_train, cfg.batch_size, cfg.mixup, cfg.seed, weights),
+                  epochs=cfg.max_epochs, callbacks=[state], verbose=0)
+    else:
+        model.fit(x_train, y_train, batch_size=cfg.batch_size, epochs=cfg.max_epochs, class_weight=weights,
+                  callbacks=[state], verbose=0, shuffle=True)
     return state.last
 
 
 class EpochReporter(keras.callbacks.Callback):
-    """Reports every epoch, stops early on validation loss, and on the last epoch restores the best
-    weights and adds the test metrics, so the final report needs no extra training iteration."""
+    """Scores the validation (and holdout) part every epoch, reports, stops early when the watched AUC has
+    not improved for `patience` epochs, and on the last epoch restores the kept weights and adds the test
+    metrics, so the final report needs no extra training iteration.
 
-    def __init__(self, report: Report, cfg: TrialConfig, x_test, y_test, started: float,
+    `parts` maps part names (val, test, optionally holdout) to (x, y). Predictions use test-time flip
+    augmentation when the config asks for it, so the objective measures the model as it is evaluated.
+    """
+
+    def __init__(self, report: Report, cfg: TrialConfig, parts: Parts, started: float,
                  checkpoint_dir: str | Path | None = None):
         super().__init__()
         self.checkpoint_dir = checkpoint_dir
-        self.report, self.cfg = report, cfg
-        self.x_test, self.y_test = x_test, y_test
+        self.report, self.cfg, self.parts = report, cfg, parts
         self.started = started
-        self.best_loss, self.best_epoch, self.best_weights, self.best_logs = float("inf"), 0, None, {}
+        self.watch = "holdout" if cfg.early_stop_on == "holdout" else "val"
+        self.best_score, self.best_epoch, self.best_weights, self.best_scores = -math.inf, 0, None, {}
         self.wait = 0
         self.last: dict[str, Any] = {}
         self.epoch_started = time.time()
+        self.startup_s = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 0:
             self.startup_s = time.time() - self.started  # process start to first batch, less Ray's own start
         self.epoch_started = time.time()
 
+    def score(self, part: str, threshold: float = 0.5) -> dict[str, float]:
+        x, y = self.parts[part]
+        return binary_metrics(y, models.predict_proba(self.model, x, self.cfg.tta), threshold)
+
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
+        scores = {p: self.score(p) for p in ("val", "holdout") if p in self.parts}
+        self.step(epoch, logs, scores)
+
+    def current_lr(self) -> float:
+        lr = self.model.optimizer.learning_rate
+        return float(keras.ops.convert_to_numpy(lr))
+
+    def step(self, epoch: int, logs: dict[str, float], scores: dict[str, dict[str, float]]) -> None:
+        """Bookkeeping of one epoch given the training logs and the scores of the parts."""
         row: dict[str, Any] = {"epoch": epoch + 1, **logs, "epoch_s": time.time() - self.epoch_started,
-                               "startup_s": self.startup_s}
-        val_loss = logs.get("val_loss", float("nan"))
-        if np.isfinite(val_loss) and val_loss < self.best_loss:
-            self.best_loss, self.best_epoch = val_loss, epoch + 1
+                               "startup_s": self.startup_s, "lr": self.current_lr()}
+        for part, metrics in scores.items():
+            row.update({f"{part}_{k}": metrics[k] for k in EPOCH_METRICS})
+        watched = scores[self.watch]["auc"]
+        if np.isfinite(watched) and watched > self.best_score:
+            self.best_score, self.best_epoch = watched, epoch + 1
             self.best_weights = self.model.get_weights()
-            self.best_logs = {k: v for k, v in logs.items() if k.startswith("val_")}
+            self.best_scores = {f"{part}_{k}": v for part, m in scores.items() for k, v in m.items()}
             self.wait = 0
         else:
             self.wait += 1
-        if self.wait >= self.cfg.patience or epoch + 1 >= self.cfg.max_epochs or not np.isfinite(logs.get("loss", 0)):
+            if self.cfg.lr_schedule == "plateau" and self.wait % max(1, self.cfg.patience // 2) == 0:
+                self.model.optimizer.learning_rate.assign(self.current_lr() * 0.5)
+        row.update({"kept_epoch": self.best_epoch, "objective": self.best_scores.get("val_auc", float("nan"))})
+        diverged = not np.isfinite(logs.get("loss", 0.0))
+        if self.wait >= self.cfg.patience or epoch + 1 >= self.cfg.max_epochs or diverged:
             if self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
             self.model.stop_training = True
             if self.checkpoint_dir:  # before the final report: Ray may end the trial as soon as it is made
                 Path(self.checkpoint_dir).mkdir(parents=True, exist_ok=True)
                 self.model.save(Path(self.checkpoint_dir) / "model.keras")
-            test = binary_metrics(self.y_test, self.model.predict(self.x_test, batch_size=256, verbose=0))
-            row.update({"final": True, "best_epoch": self.best_epoch,
-                        **{f"best_{k}": v for k, v in self.best_logs.items()},
+            test = self.score("test")
+            row.update({"final": True, "best_epoch": self.best_epoch, "diverged": diverged,
+                        **{f"best_{k}": v for k, v in self.best_scores.items()},
                         **{f"test_{k}": v for k, v in test.items()}})
         self.last = row
         self.report(row)

@@ -121,3 +121,26 @@ def test_data_limit_keeps_a_stratified_subset(tmp_path):
     ds = data.scan(make_dataset(tmp_path / "d", {"train": 25}, images_per_patient=4))
     split = data.make_split(ds, "report", data_limit=40)
     assert len(split["train"]) == 40 and len(split["val"]) == 10 and len(split["test"]) == 10
+
+
+def test_equalize_and_clahe_change_decoded_pixels_deterministically(dataset):
+    path = sorted((dataset / "train" / "PNEUMONIA").glob("*.jpg"))[0]
+    plain = data.read_image(path, 32)
+    assert np.array_equal(data.read_image(path, 32, "standardize"), plain)  # standardize is a model layer
+    for method in ("equalize", "clahe"):
+        out = data.read_image(path, 32, method)
+        assert out.shape == (32, 32) and out.dtype == np.uint8
+        assert np.abs(out.astype(int) - plain).mean() > 1, method
+        assert np.array_equal(out, data.read_image(path, 32, method))
+    with pytest.raises(UserError, match="normalize"):
+        data.read_image(path, 32, "histogram")
+
+
+def test_clahe_has_its_own_cache_file(dataset, cache_dir):
+    ds, plain = data.load(dataset, 24)
+    _, clahe = data.load(dataset, 24, normalize="clahe")
+    _, standardized = data.load(dataset, 24, normalize="standardize")
+    names = sorted(p.name for p in cache_dir.glob("*.npy"))
+    assert names == [f"{ds.fingerprint}-24-clahe.npy", f"{ds.fingerprint}-24.npy"]
+    assert not np.array_equal(np.asarray(plain), np.asarray(clahe))
+    assert np.array_equal(np.asarray(plain), np.asarray(standardized))

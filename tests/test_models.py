@@ -104,3 +104,65 @@ def test_builds_and_trains_with_the_jax_backend():
                          env={**os.environ, "KERAS_BACKEND": "jax"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("jax ") and "'f1'" in out.stdout
+
+
+def intensity(x, training=True, seed=0, **strengths):
+    layer = models.RandomIntensity(**{"brightness": 0, "contrast": 0, "gamma": 0, "noise": 0, **strengths}, seed=seed)
+    return np.asarray(layer(x, training=training))
+
+
+def test_random_intensity_is_off_at_inference_and_each_part_acts_within_unit_range():
+    x = np.random.default_rng(0).uniform(0.2, 0.8, (8, 16, 16, 1)).astype("float32")
+    every = dict(brightness=0.3, contrast=0.5, gamma=0.5, noise=0.1)
+    assert np.array_equal(intensity(x, training=False, **every), x)
+    out = intensity(x, **every)
+    assert out.min() >= 0 and out.max() <= 1 and not np.allclose(out, x, atol=1e-3)
+    for part in every:
+        out = intensity(x, **{part: every[part]})
+        assert out.min() >= 0 and out.max() <= 1
+        assert np.abs(out - x).max() > 1e-3, part
+    # brightness shifts each image by one offset; contrast keeps each image's mean
+    shift = intensity(x, brightness=0.1) - x
+    assert np.allclose(shift, shift[:, :1, :1], atol=1e-5)
+    assert np.allclose(intensity(x, contrast=0.5).mean(axis=(1, 2, 3)), x.mean(axis=(1, 2, 3)), atol=1e-4)
+
+
+def test_per_image_standardization_gives_zero_mean_unit_std():
+    x = np.random.default_rng(1).uniform(0, 1, (4, 16, 16, 1)).astype("float32") * [[[[0.2]]], [[[1]]], [[[3]]], [[[0.5]]]]
+    out = np.asarray(models.PerImageStandardization()(x.astype("float32")))
+    assert np.allclose(out.mean(axis=(1, 2, 3)), 0, atol=1e-4)
+    assert np.allclose(out.std(axis=(1, 2, 3)), 1, atol=1e-3)
+    flat = np.asarray(models.PerImageStandardization()(np.full((1, 8, 8, 1), 0.5, "float32")))
+    assert np.all(np.isfinite(flat)) and np.allclose(flat, 0)
+
+
+def test_knobs_add_their_layers_and_clahe_model_reloads_with_its_method(tmp_path):
+    import keras
+    cfg = TrialConfig(image_size=24, conv_blocks=2, filters=4, dense_units=4, normalize="clahe", aug_gamma=0.3,
+                      aug_noise=0.05)
+    model = models.build(cfg)
+    assert model.count_params() == models.build(TrialConfig(image_size=24, conv_blocks=2, filters=4,
+                                                            dense_units=4)).count_params()
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds[1:3] == ["DecodedWith", "RandomIntensity"]
+    assert models.decode_normalization(model) == "clahe"
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert models.decode_normalization(loaded) == "clahe"
+    assert models.decode_normalization(models.build(TrialConfig(image_size=24, conv_blocks=2, filters=4,
+                                                                dense_units=4, normalize="standardize"))) == "none"
+    x = np.random.default_rng(0).random((3, 24, 24, 1)).astype("float32")
+    assert np.allclose(models.predict_proba(loaded, x), models.predict_proba(model, x), atol=1e-6)
+
+
+def test_predict_proba_with_tta_averages_plain_and_flipped():
+    model = models.build(TrialConfig(image_size=16, conv_blocks=1, filters=4, dense_units=4))
+    x = np.random.default_rng(0).random((5, 16, 16, 1)).astype("float32")
+    plain, tta = models.predict_proba(model, x), models.predict_proba(model, x, tta=True)
+    flipped = models.predict_proba(model, x[:, :, ::-1])
+    assert plain.shape == (5,) and plain.dtype == np.float64
+    assert np.allclose(tta, (plain + flipped) / 2, atol=1e-6)
+    assert not np.allclose(plain, flipped, atol=1e-6)
+    symmetric = (x + x[:, :, ::-1]) / 2
+    assert np.allclose(models.predict_proba(model, symmetric, tta=True), models.predict_proba(model, symmetric),
+                       atol=1e-6)

@@ -1,0 +1,48 @@
+"""Robust training: which choices make a model trained on train/ hold up on the target distribution?
+
+The official test images come from another distribution than train/: models that fit train/ best
+call most normal children sick there. This space validates on the target distribution (the `target`
+split: half of the dataset's own test/ patients; the other half is the untouched test part) and
+searches what may carry over: intensity augmentation (brightness, contrast, gamma, noise), input
+normalisation (per-image standardisation, histogram equalisation, CLAHE), class weighting, label
+smoothing, MixUp, AdamW with weight decay, learning-rate schedules, a global-average-pooling head,
+test-time flip augmentation and which part early stopping watches, together with the report's own
+knobs (BatchNorm, geometric augmentation, Dropout, dense width, learning rate).
+
+    python -m lungsearch run spaces/robust.py --data DIR                # needs DIR/test/
+    python -m lungsearch run spaces/robust.py --data DIR --smoke        # a few minutes on 2 CPU cores
+"""
+import keras_tuner as kt
+
+hp = kt.HyperParameters()
+# the report's knobs
+hp.Boolean("batchnorm")
+hp.Boolean("augment")
+hp.Float("dropout", 0.0, 0.6, step=0.1)
+hp.Int("dense_units", 32, 512, sampling="log")
+hp.Float("learning_rate", 1e-4, 3e-3, sampling="log")
+# robustness knobs
+hp.Choice("head", ["flatten", "gap"])
+hp.Float("aug_brightness", 0.0, 0.3, step=0.1)
+hp.Float("aug_contrast", 0.0, 0.3, step=0.1)
+hp.Float("aug_gamma", 0.0, 0.4, step=0.1)
+hp.Float("aug_noise", 0.0, 0.06, step=0.02)
+hp.Choice("normalize", ["none", "standardize", "equalize", "clahe"])
+hp.Boolean("class_weight")
+hp.Float("label_smoothing", 0.0, 0.2, step=0.05)
+hp.Choice("mixup", [0.0, 0.2, 0.4])
+hp.Choice("optimizer", ["adam", "adamw"])
+with hp.conditional_scope("optimizer", ["adamw"]):
+    hp.Float("weight_decay", 1e-5, 1e-2, sampling="log")
+hp.Choice("lr_schedule", ["constant", "cosine", "plateau"])
+hp.Boolean("tta")
+hp.Choice("early_stop_on", ["val", "holdout"])  # the target validation half, or the in-distribution holdout
+
+SETTINGS = {
+    "split": "target",
+    "num_samples": 32,
+    "max_epochs": 30,
+    "grace_period": 3,
+    "reduction_factor": 3,
+    "seed": 0,
+}
