@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import UserError
+from .config import SEARCH_SPLITS, UserError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -14,7 +14,11 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a search space (the report's fixed points included)")
     run.add_argument("space", help="a space file, e.g. spaces/ablation.py")
     run.add_argument("--data", help="dataset folder with train/ (default: $LUNGSEARCH_DATA)")
-    run.add_argument("--split", choices=["patient", "report"], help="split protocol (default: the space's, else patient)")
+    run.add_argument("--split", choices=list(SEARCH_SPLITS),
+                     help="split protocol: target (validate on half of the dataset's own test/ patients, test on "
+                          "the other half), patient (patient-grouped, validation from train/), report (the source "
+                          "report's random 80:20 image split); default: the space's, else auto (target when the "
+                          "dataset has test/, else patient)")
     run.add_argument("--image-size", type=int, help="image side in pixels (report: 150)")
     run.add_argument("--max-epochs", type=int, help="epoch budget per trial (report: 50)")
     run.add_argument("--num-samples", type=int, help="sampled trials, not counting the fixed points")

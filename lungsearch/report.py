@@ -13,11 +13,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import analysis, data, store
-from .analysis import CI_METRICS, FIXED, SOURCE_REPORT, SPLIT_NAMES, Analysis, Evaluation
+from .analysis import CI_METRICS, FIXED, SOURCE_REPORT, SPLIT_NAMES, Analysis, Evaluation, objective_text
 from .predict import load_model
 
 CURVE_METRICS = ("loss", "accuracy", "f1", "auc", "precision", "recall")
-STATUS_COLOURS = {"finished": "tab:green", "stopped": "tab:orange", "failed": "tab:red", "not started": "grey"}
+STATUS_COLOURS = {"finished": "tab:green", "stopped": "tab:orange", "diverged": "tab:brown", "failed": "tab:red",
+                  "not started": "grey"}
+SHIFT_METRICS = ("auc", "accuracy", "specificity")
+STATUS_WORDS = "green: finished, orange: stopped by ASHA, brown: diverged"
 
 
 def fmt(v: Any, digits: int = 4) -> str:
@@ -67,7 +70,7 @@ def fig_best(a: Analysis, folder: Path) -> Path:
     fig = Figure(figsize=(14, 4.2), layout="constrained")
     axes = fig.subplots(1, 3)
     for ev in filter(None, (a.best, a.ensemble)):
-        axes[0].plot(*analysis.roc_points(ev.y_test, ev.p_test), label=f"{ev.name} (AUC {fmt(ev.test['auc'])})")
+        axes[0].plot(*analysis.roc_points(ev.y["test"], ev.p["test"]), label=f"{ev.name} (AUC {fmt(ev.test['auc'])})")
     axes[0].plot([0, 1], [0, 1], ":", color="grey")
     axes[0].set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (recall)",
                 title="ROC on the test part", aspect="equal")
@@ -85,8 +88,8 @@ def fig_best(a: Analysis, folder: Path) -> Path:
 
 
 def fig_asha(a: Analysis, folder: Path) -> Path:
-    """Epochs each trial survived, and validation F1 at each ASHA rung."""
-    b, h, rungs = a.board, a.run.history, analysis.asha_rungs(a.run)
+    """Epochs each trial survived, and the objective (validation F1 in older runs) at each ASHA rung."""
+    b, h, rungs, col = a.board, a.run.history, analysis.asha_rungs(a.run), analysis.score_column(a.run.history)
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)
     present = [s for s in STATUS_COLOURS if (b["status"] == s).any()]
@@ -97,22 +100,22 @@ def fig_asha(a: Analysis, folder: Path) -> Path:
     for k, (r, _) in enumerate(rungs):
         at = h[h["epoch"] == r]
         fixed = (at["fixed_point"].fillna("") != "").to_numpy()
-        axes[1].scatter(k + 0.15 * fixed, at["val_f1"], c=np.where(fixed, "tab:purple", "tab:blue"),
+        axes[1].scatter(k + 0.15 * fixed, at[col], c=np.where(fixed, "tab:purple", "tab:blue"),
                         s=np.where(fixed, 60, 20))
     axes[1].set_xticks(range(len(rungs)), [f"epoch {r}\n{len(f1)} sampled" for r, f1 in rungs])
-    axes[1].set(ylabel="validation F1", title="validation F1 at each rung (blue: sampled, purple: fixed points)")
+    axes[1].set(ylabel=col, title=f"{col} at each rung (blue: sampled, purple: fixed points)")
     return save(fig, folder / "asha.png")
 
 
 def fig_params(a: Analysis, folder: Path) -> Path | None:
-    params = [c for c in a.board.columns if c.startswith("cfg_")]
+    params, score_col = [c for c in a.board.columns if c.startswith("cfg_")], analysis.score_column(a.board)
     if not params:
         return None
     cols, rng = min(4, len(params)), np.random.default_rng(0)
     fig = Figure(figsize=(3.3 * cols, 2.9 * math.ceil(len(params) / cols)), layout="constrained")
     axes = fig.subplots(math.ceil(len(params) / cols), cols, squeeze=False)
     for ax, col in zip(axes.flat, params):
-        rows = a.board[a.board["val_f1"].notna() & a.board[col].notna()]
+        rows = a.board[a.board[score_col].notna() & a.board[col].notna()]
         x = rows[col]
         if pd.api.types.is_bool_dtype(x) or not pd.api.types.is_numeric_dtype(x) or x.nunique() <= 2:
             cats = sorted(x.astype(str).unique())
@@ -120,11 +123,27 @@ def fig_params(a: Analysis, folder: Path) -> Path | None:
             x = x.astype(str).map(cats.index) + rng.uniform(-0.12, 0.12, len(x))
         elif (x > 0).all() and x.max() / x.min() > 20:
             ax.set_xscale("log")
-        ax.scatter(x, rows["val_f1"], c=[STATUS_COLOURS.get(s, "grey") for s in rows["status"]], s=22)
-        ax.set(title=col[4:], ylabel="validation F1")
+        ax.scatter(x, rows[score_col], c=[STATUS_COLOURS.get(s, "grey") for s in rows["status"]], s=22)
+        ax.set(title=col[4:], ylabel=score_col)
     for ax in list(axes.flat)[len(params):]:
         ax.axis("off")
     return save(fig, folder / "hyperparameters.png")
+
+
+def fig_shift(a: Analysis, folder: Path) -> Path | None:
+    """Per trial (kept epoch): holdout AUC (in-distribution) against validation AUC (target distribution)."""
+    rows = a.board.dropna(subset=["holdout_auc", "val_auc"]) if "holdout_auc" in a.board else a.board.iloc[:0]
+    if rows.empty:
+        return None
+    fig = Figure(figsize=(6.5, 6), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(rows["holdout_auc"], rows["val_auc"], c=[STATUS_COLOURS.get(s, "grey") for s in rows["status"]], s=28)
+    for r in rows[rows["fixed_point"] != ""].itertuples():
+        ax.annotate(r.fixed_point, (r.holdout_auc, r.val_auc), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    ax.axline((0.5, 0.5), slope=1, ls=":", color="grey")  # y = x
+    ax.set(xlabel="holdout AUC (in-distribution)", ylabel="validation AUC (target distribution)", aspect="equal",
+           title="Each trial at its kept epoch: points below the\ndiagonal lose on the target distribution")
+    return save(fig, folder / "shift.png")
 
 
 def table1(a: Analysis) -> tuple[str, list[str], list[list[str]]]:
@@ -153,10 +172,31 @@ def facts(a: Analysis) -> list[str]:
             + ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items())]
 
 
+def shift_blocks(a: Analysis, shown: list[Evaluation], fig: Path | None, tuned: str) -> list:
+    """In-distribution holdout beside the target-distribution test part, or why the run has no holdout."""
+    protocol, src = a.run.manifest["run_constants"]["split"], a.run.manifest["data"]["split"].get("sources", {})
+    if "holdout" not in a.data.split:
+        return [("p", f"No shift is measured: this run's {protocol} split has no in-distribution holdout (only "
+                      f"the target split, default for a dataset with its own test/ folder, has one).")]
+    head = ["model", *(f"holdout {k} (0.5)" for k in SHIFT_METRICS), *(f"test {k} (0.5)" for k in SHIFT_METRICS),
+            "threshold", *(f"test {k} (threshold)" for k in SHIFT_METRICS[1:]), "AUC gap (holdout - test)"]
+    rows = [[e.name, *(fmt(e.holdout[k]) for k in SHIFT_METRICS), *(fmt(e.test[k]) for k in SHIFT_METRICS),
+             fmt(e.threshold, 3), *(fmt(e.test_tuned[k]) for k in SHIFT_METRICS[1:]),
+             fmt(e.holdout["auc"] - e.test["auc"])] for e in shown if e.holdout]
+    return [("p", f"**Holdout** (in-distribution): {src.get('holdout')}. **Test** (target distribution): "
+                  f"{src.get('test')}. Accuracy and specificity at threshold **0.5** and at the threshold **{tuned}**"
+                  f"; AUC does not depend on the threshold. The gap, holdout AUC minus test AUC, is what a model "
+                  f"loses on the target distribution."), ("table", head, rows),
+            *([("img", fig, f"Holdout AUC against validation AUC (target distribution) per trial "
+                            f"({STATUS_WORDS})")] if fig else [])]
+
+
 def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> list[tuple[str, list]]:
     """(title, blocks): ("p", text), ("ul", items), ("pre", text), ("img", png, caption), ("table", head, rows)."""
     m, b, best, protocol = a.run.manifest, a.board, a.best, a.run.manifest["run_constants"]["split"]
     shown, parts = [*a.evals.values(), *([a.ensemble] if a.ensemble else [])], m["data"]["split"]["parts"]
+    src, col = m["data"]["split"].get("sources", {}), analysis.score_column(b)
+    tuned = "chosen on the validation part" + (" (target distribution)" if protocol == "target" else "")
     params, failed = [c for c in b.columns if c.startswith("cfg_")], b[b["status"] == "failed"]
     unsaved = int((~b["checkpoint"].astype(bool) & (b["status"] == "finished")).sum())
     summary: list[str] = []
@@ -165,7 +205,7 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
     rungs = [[str(r), str(len(f1)), *(fmt(f1.agg(g)) if len(f1) else "–" for g in ("median", "max"))]
              for r, f1 in analysis.asha_rungs(a.run)]
     board = [[str(r["rank"]), r["trial"], "yes" if r["checkpoint"] else "no", r["status"], str(r["epochs_run"]),
-              *(fmt(r[k]) for k in ("val_f1", "val_auc", "test_f1")),
+              *(fmt(r.get(k)) for k in ("objective", "val_f1", "val_auc", "test_f1")),
               *(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r[params].fillna("–"))]
              for _, r in b.head(15).iterrows()]
     return [
@@ -173,34 +213,40 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
             ("p", f"Run `{a.run.dir.name}`: space `{Path(m['space_file']).name}`, {len(b)} trials ("
                   + ", ".join(f"{n} {s}" for s, n in b["status"].value_counts().items()) + ")."),
             ("p", f"Split: **{protocol}**: {SPLIT_NAMES.get(protocol, protocol)}. Test metrics are on this run's "
-                  f"held-out test part ({parts['test']['images']} images), used for no training or choice."),
-            ("p", "Two thresholds: **0.5** (as the source report) and a threshold **chosen on the validation part** "
-                  "to maximise validation F1 (never on test). Brackets: 95% percentile bootstrap intervals over "
+                  f"held-out test part ({parts['test']['images']} images: {src.get('test', 'see Data')}), used for "
+                  f"no training or choice."),
+            ("p", f"Trials are ranked by **{objective_text(m)}**, measured on the validation part ("
+                  f"{src.get('val', 'see Data')}); the same number is used by "
+                  + ", ".join(m.get("objective", {}).get("used_by", ["the leaderboard"])) + "."),
+            ("p", f"Two thresholds: **0.5** (as the source report) and a threshold **{tuned}** to maximise "
+                  "validation F1 (never on test). Brackets: 95% percentile bootstrap intervals over "
                   "1000 seeded resamples of the test images."),
-            ("p", f"Best model: **{best.name}** (validation F1 {fmt(best.val['f1'])}): test F1 {with_ci(best, 'f1')} "
+            ("p", f"Best model: **{best.name}** (validation AUC {fmt(best.val['auc'])}): test F1 {with_ci(best, 'f1')} "
                   f"at threshold 0.5; {with_ci(best, 'f1', True)} at threshold {best.threshold:.3f} chosen on "
                   f"validation." if best else "No trial saved a model, so nothing was evaluated on test.")]),
         ("Table 1: the source report's models and the best trial", [
             ("p", "Test metrics at threshold 0.5, laid out as the source report's Table 1. The **source report** "
                   "columns are its published figures (test set of its random 80:20 image split), copied for "
                   "comparison, not rerun" + ("; this run uses the same protocol." if protocol == "report" else
-                                             "; this run's patient-grouped split is stricter, so they are not "
-                                             "directly comparable.")), table1(a)]),
+                                             f"; this run's {protocol} split groups images by patient, so "
+                                             f"they are not directly comparable.")), table1(a)]),
         ("Test metrics with 95% confidence intervals", [
             ("p", "At threshold **0.5**:"),
             ("table", ["model", *CI_METRICS], [[e.name, *(with_ci(e, k) for k in CI_METRICS)] for e in shown]),
-            ("p", "At the threshold **chosen on the validation part** (AUC does not depend on the threshold):"),
+            ("p", f"At the threshold **{tuned}** (AUC does not depend on the threshold):"),
             ("table", ["model", "threshold", *CI_METRICS[:-1]],
              [[e.name, fmt(e.threshold, 3), *(with_ci(e, k, True) for k in CI_METRICS[:-1])] for e in shown])]),
+        ("In-distribution vs target distribution", shift_blocks(a, shown, figs["shift"], tuned)),
         ("Leaderboard", [
-            ("p", "Ranked by validation F1, ties broken by validation AUC (15 best shown; all in `leaderboard.csv`). "
+            ("p", f"Ranked by {objective_text(m)}" + (", ties broken by validation F1" if col == "objective" else "")
+                  + " (15 best shown; all in `leaderboard.csv`). "
                   f"Test F1 at threshold 0.5, as recorded when the trial ended. Only trials with a saved model are "
                   f"evaluated above; {unsaved} finished trial(s) have none."),
-            ("table", ["rank", "trial", "model saved", "status", "epochs", "val F1", "val AUC", "test F1",
+            ("table", ["rank", "trial", "model saved", "status", "epochs", "objective", "val F1", "val AUC", "test F1",
                        *(c[4:] for c in params)], board)]),
-        ("Data", [("table", ["part", "images", "NORMAL", "PNEUMONIA", "% pneumonia", "patients"],
+        ("Data", [("table", ["part", "images", "NORMAL", "PNEUMONIA", "% pneumonia", "patients", "source"],
                    [[p, *(str(v[k]) for k in ("images", *data.CLASSES)),
-                     f"{100 * v['PNEUMONIA'] / max(v['images'], 1):.1f}", str(v["patients"])]
+                     f"{100 * v['PNEUMONIA'] / max(v['images'], 1):.1f}", str(v["patients"]), src.get(p, "")]
                     for p, v in parts.items()]),
                   ("img", figs["samples"], f"Sample training images per class, as the models see them "
                                             f"({a.data.images.shape[1]} px, greyscale)")]),
@@ -210,11 +256,12 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
                         ("p", f"Layer summary of **{best.name}** (input {best.image_sizes[0]} px, greyscale; "
                               f"exported as `best_model.keras`):"), ("pre", "\n".join(summary))] if best else []),
         ("How ASHA spent the budget", [
-            ("p", "ASHA compares trials by validation loss at each rung and stops the worse; fixed points never stop."),
-            ("table", ["rung (epoch)", "sampled trials reaching it", "median val F1", "best val F1"], rungs),
-            ("img", figs["asha"], "Epochs survived and validation F1 per rung")]),
-        ("Hyperparameters", [("img", figs["hyperparameters"], "Each searched hyperparameter against validation "
-                                                                   "F1 (green: finished, orange: stopped by ASHA)")]
+            ("p", f"ASHA compares trials by {objective_text(m) if 'objective' in m else 'validation loss'} at each "
+                  f"rung and stops the worse; fixed points never stop."),
+            ("table", ["rung (epoch)", "sampled trials reaching it", f"median {col}", f"best {col}"], rungs),
+            ("img", figs["asha"], f"Epochs survived and {col} per rung")]),
+        ("Hyperparameters", [("img", figs["hyperparameters"], f"Each searched hyperparameter against the "
+                                                                   f"{col} ({STATUS_WORDS})")]
          if figs["hyperparameters"] else [("p", "No hyperparameters were searched in this space.")]),
         ("Run facts", [("ul", facts(a)),
                        ("p", f"Failed trials: {len(failed)}" + (", and why:" if len(failed) else ".")),
@@ -280,7 +327,7 @@ def write_report(run_dir: str | Path, top: int = 5, ensemble: int = 3, export_en
     curves = list(dict.fromkeys([*a.board.loc[a.board["fixed_point"] != "", "trial"], *a.board["trial"].head(top)]))
     figs = {"samples": fig_samples(a, folder), "learning_curves": fig_curves(a, folder, curves),
             "asha": fig_asha(a, folder), "hyperparameters": fig_params(a, folder),
-            "best_model": fig_best(a, folder) if a.best else None}
+            "best_model": fig_best(a, folder) if a.best else None, "shift": fig_shift(a, folder)}
     store.write_json(root / "evaluation.json", [{"model": e.name, "image_sizes": e.image_sizes, **analysis.card(a, e)}
                                                 for e in [*a.evals.values(), *filter(None, [a.ensemble])]])
     analysis.export_best(a)

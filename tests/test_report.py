@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -15,8 +16,8 @@ import pytest
 
 from conftest import REPO, make_dataset, truncate
 
-from lungsearch import analysis, cli
-from lungsearch.config import UserError
+from lungsearch import analysis, cli, report
+from lungsearch.config import OBJECTIVE_TEXT, UserError
 from lungsearch.metrics import binary_metrics
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -39,7 +40,8 @@ def lungsearch(*args, env=None, timeout=600):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One real search (3 fixed points + 3 sampled trials, 2 epochs) whose `run` wrote the report at its end."""
+    """One real search (3 fixed points + 3 sampled trials, 2 epochs) whose `run` wrote the report at its end.
+    The dataset has its own test/ folder, so the default split is target (with an in-distribution holdout)."""
     root = tmp_path_factory.mktemp("report")
     mp = pytest.MonkeyPatch()
     mp.setenv("LUNGSEARCH_CACHE", str(root / "cache"))
@@ -65,21 +67,25 @@ def test_run_ends_with_the_report_and_the_exported_best_model(run):
                  "best_model.json"):
         assert (run_dir / name).is_file(), name
     figures = sorted((run_dir / "figures").glob("*.png"))
-    assert {p.stem for p in figures} >= {"samples", "learning_curves", "best_model", "asha", "hyperparameters"}
+    assert {p.stem for p in figures} >= {"samples", "learning_curves", "best_model", "asha", "hyperparameters",
+                                         "shift"}
     for p in figures:
         check_png(p.read_bytes())
 
     board = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False)
     trials = pd.read_csv(run_dir / "trials.csv", keep_default_na=False)
     assert len(board) == len(trials) == 6 and list(board["rank"]) == list(range(1, 7))
-    f1 = pd.to_numeric(board["val_f1"], errors="coerce").fillna(-1).to_numpy()
-    assert (np.diff(f1) <= 0).all()
+    objective = pd.to_numeric(board["objective"], errors="coerce").fillna(-1).to_numpy()
+    assert (np.diff(objective) <= 0).all()  # ranked by the search's objective
 
     card = json.loads((run_dir / "best_model.json").read_text())
     manifest = json.loads((run_dir / "manifest.json").read_text())
     best = card["trials"][0]
     assert best == board.loc[board["checkpoint"].astype(str) == "True", "trial"].iloc[0]
-    assert card["data_fingerprint"] == manifest["data"]["fingerprint"] and card["split_protocol"] == "patient"
+    assert card["data_fingerprint"] == manifest["data"]["fingerprint"] and card["split_protocol"] == "target"
+    assert card["objective"] == OBJECTIVE_TEXT and card["split_sources"] == manifest["data"]["split"]["sources"]
+    assert card["tta"] is card["config"]["tta"] is False and card["normalize"] == card["config"]["normalize"]
+    assert set(card["metrics"]["holdout_at_0.5"]) >= {"auc", "accuracy", "specificity"}
     assert card["greyscale"] is True and 0 < card["threshold"] < 1 and card["config"]["image_size"] == card["image_size"]
     # the report re-evaluates the saved model on the same test part the trial was scored on
     recorded = trials.set_index("trial").loc[best]
@@ -104,13 +110,16 @@ def test_html_is_self_contained_and_names_everything(run):
     assert len(images) >= 5 and all(src.startswith("data:image/png;base64,") for src in images)
     for src in images:
         check_png(base64.b64decode(src.split(",", 1)[1]))
-    for name in ("base", "bn_aug", "bn_aug_dropout", "source report", "0.9686", "0.9555", "patient-grouped",
-                 "chosen on the validation part", "Layer (type)", "ensemble of 3"):
-        assert name in text, name
+    markdown = (run_dir / "report.md").read_text()
+    for name in ("base", "bn_aug", "bn_aug_dropout", "source report", "0.9686", "0.9555", "target-distribution split",
+                 "chosen on the validation part (target distribution)", "Layer (type)", "ensemble of 3",
+                 OBJECTIVE_TEXT, "In-distribution vs target distribution", "AUC gap (holdout - test)",
+                 "Holdout AUC against validation AUC"):
+        assert name in text and name in markdown, name
+    assert "figures/shift.png" in markdown and "No shift is measured" not in text
     trials = pd.read_csv(run_dir / "trials.csv", keep_default_na=False)
     for _, t in trials[trials["status"] == "failed"].iterrows():
         assert t["trial"] in text and "do not fit" in t["error"]
-    markdown = (run_dir / "report.md").read_text()
     for ref in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (run_dir / ref).is_file(), ref
 
@@ -156,10 +165,12 @@ def test_evaluate_and_predict_the_best_model_on_unseen_images(run, tmp_path):
 def test_parts_are_the_same_images_at_every_input_size(run):
     run_dir, _ = run
     rdata = analysis.RunData(analysis.load_run(run_dir), log=lambda *_: None)
-    at40, at32 = rdata.parts(40), rdata.parts(32)
-    for part in ("val", "test"):
+    at40, at32, clahe = rdata.parts(40), rdata.parts(32), rdata.parts(32, "clahe")
+    assert set(at32) == set(clahe) == {"val", "test", "holdout"}
+    for part in at32:
         assert at40[part][0].shape[1:] == (40, 40, 1) and at32[part][0].shape[1:] == (32, 32, 1)
-        assert np.array_equal(at40[part][1], at32[part][1])
+        assert np.array_equal(at40[part][1], at32[part][1]) and np.array_equal(clahe[part][1], at32[part][1])
+        assert not np.array_equal(clahe[part][0], at32[part][0])  # decoded as a CLAHE-trained model needs
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert len(at32["test"][1]) == manifest["data"]["split"]["parts"]["test"]["images"]
 
@@ -185,6 +196,42 @@ def test_threshold_bootstrap_and_roc_agree_with_binary_metrics():
     fpr, tpr = analysis.roc_points(y, p)
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
     assert np.trapezoid(tpr, fpr) == pytest.approx(point["auc"], abs=1e-12)
+
+
+def test_leaderboard_ranks_by_the_objective_and_old_tables_by_validation_f1():
+    trials = pd.DataFrame({"trial": list("abcde"), "objective": [0.7, np.nan, 0.9, 0.9, 0.8],
+                           "val_f1": [0.99, 0.95, 0.5, 0.6, 0.7], "val_auc": [0.7, np.nan, 0.9, 0.9, 0.8]})
+    board = analysis.leaderboard(trials)
+    assert list(board["trial"]) == ["d", "c", "e", "a", "b"] and list(board["rank"]) == [1, 2, 3, 4, 5]
+    old = analysis.leaderboard(trials.drop(columns="objective").assign(val_auc=[0.1, 0.2, 0.3, 0.4, 0.5]))
+    assert list(old["trial"]) == ["a", "b", "e", "d", "c"]
+    assert analysis.objective_text({"objective": {"text": OBJECTIVE_TEXT}}) == OBJECTIVE_TEXT
+    assert "validation F1" in analysis.objective_text({})
+
+
+def test_evaluate_scores_the_holdout_at_both_thresholds():
+    rng = np.random.default_rng(3)
+    y = {k: rng.integers(0, 2, 80) for k in ("val", "test", "holdout")}
+    p = {k: np.clip(0.4 * v + 0.6 * rng.random(80), 0, 1) for k, v in y.items()}
+    ev = analysis.evaluate("m", ["t"], [32], y, p, n_boot=50)
+    assert ev.holdout == binary_metrics(y["holdout"], p["holdout"])
+    assert ev.holdout_tuned == binary_metrics(y["holdout"], p["holdout"], ev.threshold)
+    assert ev.test_tuned == binary_metrics(y["test"], p["test"], ev.threshold)
+    without = analysis.evaluate("m", ["t"], [32], {k: y[k] for k in ("val", "test")}, p, n_boot=50)
+    assert without.holdout is None and without.holdout_tuned is None and without.test == ev.test
+
+
+def test_shift_section_and_figure_without_and_with_a_holdout(tmp_path):
+    manifest = {"run_constants": {"split": "patient"}, "data": {"split": {"sources": {}}}}
+    a = SimpleNamespace(run=SimpleNamespace(manifest=manifest), data=SimpleNamespace(split={"train": 0, "val": 0}),
+                        board=pd.DataFrame({"holdout_auc": [np.nan], "val_auc": [0.8]}))
+    [(kind, text)] = report.shift_blocks(a, [], None, "chosen on the validation part")
+    assert kind == "p" and "patient split has no in-distribution holdout" in text
+    assert report.fig_shift(a, tmp_path) is None
+    a.board = pd.DataFrame({"holdout_auc": [0.95, 0.9, np.nan], "val_auc": [0.7, 0.92, 0.8],
+                            "status": ["finished", "diverged", "failed"], "fixed_point": ["base", "", ""]})
+    check_png(report.fig_shift(a, tmp_path).read_bytes())
+    assert "diverged" in report.STATUS_COLOURS
 
 
 def test_clear_errors_for_folders_that_are_not_finished_runs(tmp_path, capsys):
