@@ -144,3 +144,45 @@ def test_clahe_has_its_own_cache_file(dataset, cache_dir):
     assert names == [f"{ds.fingerprint}-24-clahe.npy", f"{ds.fingerprint}-24.npy"]
     assert not np.array_equal(np.asarray(plain), np.asarray(clahe))
     assert np.array_equal(np.asarray(plain), np.asarray(standardized))
+
+
+def test_target_split_halves_test_by_patient_stratified_and_keeps_an_in_distribution_holdout(tmp_path):
+    ds = data.scan(make_dataset(tmp_path / "d", {"train": 30, "test": 20}, images_per_patient=3))
+    split = data.make_split(ds, "target", seed=5)
+    assert set(split) == {"train", "val", "test", "holdout"}
+    assert not data.shared_patients(ds, split)  # no patient key in two parts
+    test_folder = set(np.flatnonzero(ds.parts == "test"))
+    assert set(split["val"]) | set(split["test"]) == test_folder and not set(split["val"]) & set(split["test"])
+    for half in ("val", "test"):  # each half holds half of each class's test/ patients
+        assert ds.labels[split[half]].sum() == 30 and (1 - ds.labels[split[half]]).sum() == 30
+    assert set(split["train"]) | set(split["holdout"]) == set(np.flatnonzero(ds.parts == "train"))
+    assert 0.05 < len(split["holdout"]) / (ds.parts == "train").sum() < 0.15
+    assert {0, 1} <= set(ds.labels[split["holdout"]].tolist())
+    again = data.make_split(ds, "target", seed=5)
+    assert all(again[p].tolist() == split[p].tolist() for p in split)  # deterministic by seed
+    other = data.make_split(ds, "target", seed=6)
+    assert other["val"].tolist() != split["val"].tolist()
+    sources = data.split_summary(ds, split, "target")["sources"]
+    assert "test/" in sources["val"] and sources["train"] == "train/ less the holdout"
+
+
+def test_target_split_needs_a_test_folder_and_says_which_splits_work(tmp_path):
+    ds = data.scan(make_dataset(tmp_path / "d", {"train": 6}))
+    with pytest.raises(UserError, match="--split patient .*--split report"):
+        data.make_split(ds, "target")
+    assert data.resolve_split(ds, "auto") == "patient"
+    assert data.resolve_split(data.scan(make_dataset(tmp_path / "e", {"train": 6, "test": 2})), "auto") == "target"
+
+
+def test_a_big_enough_own_val_folder_is_used_and_a_small_one_is_pooled(tmp_path, monkeypatch):
+    ds = data.scan(make_dataset(tmp_path / "d", {"train": 12, "val": 4, "test": 4}))
+    val_folder = set(np.flatnonzero(ds.parts == "val"))
+    small = data.make_split(ds, "patient", seed=0)
+    assert not data.own_val_usable(ds) and val_folder <= set(small["train"]) | set(small["val"])
+    assert "too small" in data.split_sources(ds, "patient")["train"]
+    monkeypatch.setattr(data, "OWN_VAL_MIN", 16)
+    assert data.own_val_usable(ds)
+    assert set(data.make_split(ds, "patient", seed=0)["val"]) == val_folder
+    target = data.make_split(ds, "target", seed=0)
+    assert set(target["holdout"]) == val_folder and set(target["train"]) == set(np.flatnonzero(ds.parts == "train"))
+    assert "own val/" in data.split_sources(ds, "target")["holdout"]

@@ -38,7 +38,10 @@ def test_report_space_runs_the_three_models_through_ray(dataset, cache_dir, tmp_
     out = lungsearch("run", "spaces/report.py", "--data", dataset, "--smoke", "--max-epochs", 2,
                      "--results", tmp_path / "results")
     run_dir, manifest, trials = check_run_folder(out)
-    assert manifest["settings"]["split"] == "patient" and manifest["smoke"] is True
+    # the dataset has test/, so the default split resolves to target
+    assert manifest["settings"]["split"] == "target" and manifest["split_requested"] == "auto"
+    assert manifest["smoke"] is True and manifest["asha"]["metric"] == "objective"
+    assert set(manifest["data"]["split"]["parts"]) == {"train", "val", "test", "holdout"}
     assert (trials["epochs_run"] <= 2).all()
     assert "search: 0 sampled trial(s) + 3 fixed point(s)" in out.stdout
     assert len(list((run_dir / "checkpoints").glob("*/model.keras"))) == 3
