@@ -152,6 +152,11 @@ def evaluate(model_path: str | Path, data_dir: str | Path | None) -> int:
         raise UserError(f"no readable images in {ds.root}")
     print(f"{predictor.source.name} on {ds.root}{'' if test else ' (no test/ part: every image)'}: {len(y)} images, "
           f"{int((y == 0).sum())} NORMAL / {int((y == 1).sum())} PNEUMONIA, fingerprint {ds.fingerprint}")
+    if test and predictor.card.get("split_protocol") == "target":
+        print("warning: this model comes from a search on the target split, which chose it (and its threshold) on "
+              "half of a test/ folder's patients; if this is that dataset, half of these images are its validation "
+              "data and the metrics below are optimistic: the run's report gives the untouched test half",
+              file=sys.stderr)
     thresholds = [(0.5, "default")]
     if predictor.threshold != 0.5:
         thresholds.append((predictor.threshold, "chosen on the run's validation part"))

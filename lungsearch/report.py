@@ -178,15 +178,16 @@ def shift_blocks(a: Analysis, shown: list[Evaluation], fig: Path | None, tuned: 
     if "holdout" not in a.data.split:
         return [("p", f"No shift is measured: this run's {protocol} split has no in-distribution holdout (only "
                       f"the target split, default for a dataset with its own test/ folder, has one).")]
-    head = ["model", *(f"holdout {k} (0.5)" for k in SHIFT_METRICS), *(f"test {k} (0.5)" for k in SHIFT_METRICS),
-            "threshold", *(f"test {k} (threshold)" for k in SHIFT_METRICS[1:]), "AUC gap (holdout - test)"]
+    head = ["model", "holdout AUC", "holdout accuracy (0.5)", "holdout specificity (0.5)", "test AUC",
+            "test accuracy (0.5)", "test specificity (0.5)", "threshold", "test accuracy (threshold)",
+            "test specificity (threshold)", "AUC gap (holdout - test)"]
     rows = [[e.name, *(fmt(e.holdout[k]) for k in SHIFT_METRICS), *(fmt(e.test[k]) for k in SHIFT_METRICS),
              fmt(e.threshold, 3), *(fmt(e.test_tuned[k]) for k in SHIFT_METRICS[1:]),
              fmt(e.holdout["auc"] - e.test["auc"])] for e in shown if e.holdout]
-    return [("p", f"**Holdout** (in-distribution): {src.get('holdout')}. **Test** (target distribution): "
-                  f"{src.get('test')}. Accuracy and specificity at threshold **0.5** and at the threshold **{tuned}**"
-                  f"; AUC does not depend on the threshold. The gap, holdout AUC minus test AUC, is what a model "
-                  f"loses on the target distribution."), ("table", head, rows),
+    return [("p", f"**Holdout**: {src.get('holdout')}. **Test**: {src.get('test')}. Accuracy and specificity at "
+                  f"threshold **0.5** and at the threshold **{tuned}**; AUC does not depend on the threshold. The "
+                  f"gap, holdout AUC minus test AUC, is what a model loses on the target distribution."),
+            ("table", head, rows),
             *([("img", fig, f"Holdout AUC against validation AUC (target distribution) per trial "
                             f"({STATUS_WORDS})")] if fig else [])]
 
