@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from lungsearch.config import TrialConfig, UserError
-from lungsearch.train import EpochReporter, MixUpBatches, class_weights, optimizer, run_trial
+from lungsearch.train import EpochReporter, MixUpBatches, class_weights, compile_model, optimizer, run_trial
 
 
 def tiny(dataset, cache_dir, **changes):
@@ -130,6 +130,11 @@ def test_optimizer_and_schedule_follow_the_config():
     cosine = optimizer(TrialConfig(lr_schedule="cosine", max_epochs=5, learning_rate=0.1), 10)
     schedule = cosine.learning_rate if callable(cosine.learning_rate) else cosine._learning_rate
     assert float(schedule(0)) == pytest.approx(0.1) and float(schedule(50)) == pytest.approx(0.0, abs=1e-7)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    compile_model(model, TrialConfig(label_smoothing=0.1))
+    y, p = np.array([[1.0]]), np.array([[0.9]])
+    smoothed = keras.losses.BinaryCrossentropy()(np.array([[0.95]]), p)  # 1 -> 1 - 0.1/2
+    assert float(model.loss(y, p)) == pytest.approx(float(smoothed), rel=1e-5)
     with pytest.raises(UserError, match="weight_decay"):
         TrialConfig(weight_decay=0.01)  # Adam has no decoupled weight decay
     with pytest.raises(UserError, match="early_stop_on"):
