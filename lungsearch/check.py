@@ -27,17 +27,20 @@ def image_info(path) -> str | None:
 
 
 def check_dataset(data_dir: str) -> tuple[str, bool]:
-    """A printable report, and False when an identical image is in train/val and in test.
+    """A printable report, and False when an identical image is in train/val and in test, or when a part
+    folder has no readable image of a class (nothing can be trained or scored on it).
 
     Patient keys shared without a shared image only warn: the official Kermany test folder renumbers
     `personN` keys, so a shared key there is not evidence of the same child (nor is its absence proof).
+    File names that are not valid UTF-8 are shown with their odd bytes as \\xNN escapes.
     """
     ds = data.scan(data_dir)
     with ThreadPoolExecutor() as pool:
         infos = list(pool.map(lambda f: image_info(ds.root / f), ds.files))
-    lines = [f"dataset {ds.root} (fingerprint {ds.fingerprint})", ""]
+    lines = [f"dataset {data.shown(ds.root)} (fingerprint {ds.fingerprint})", ""]
     lines.append(f"{'part':<6} {'NORMAL':>7} {'PNEUMONIA':>10} {'patients':>9}")
-    parts = [p for p in data.PARTS if (ds.parts == p).any()]
+    folders = data.dataset_parts(ds.root)
+    parts = [p for p in data.PARTS if (ds.parts == p).any() or p in folders]
     for part in parts:
         idx = np.flatnonzero(ds.parts == part)
         counts = Counter(int(ds.labels[i]) for i in idx)
@@ -48,8 +51,10 @@ def check_dataset(data_dir: str) -> tuple[str, bool]:
               + ", ".join(f"{s} ({n})" for s, n in sizes.most_common(5)),
               "image kinds: " + ", ".join(f"{k} ({n})" for k, n in kinds.most_common())]
     unreadable = [f for f, i in zip(ds.files, infos) if i is None]
-    lines.append(f"unreadable or truncated images: {len(unreadable)}" + "".join(f"\n  {f}" for f in unreadable))
-    lines.append(f"non-image files ignored: {len(ds.ignored)}" + "".join(f"\n  {f}" for f in ds.ignored[:20]))
+    lines.append(f"unreadable or truncated images: {len(unreadable)}"
+                 + "".join(f"\n  {data.shown(f)}" for f in unreadable))
+    lines.append(f"non-image files ignored: {len(ds.ignored)}"
+                 + "".join(f"\n  {data.shown(f)}" for f in ds.ignored[:20]))
     lines.append(f"file names with no patient key (one patient each): {ds.unknown_patients}")
 
     by_hash: dict[str, list[int]] = {}
@@ -57,7 +62,7 @@ def check_dataset(data_dir: str) -> tuple[str, bool]:
         by_hash.setdefault(h, []).append(i)
     duplicates = [idx for idx in by_hash.values() if len(idx) > 1]
     lines.append(f"identical images (same content): {len(duplicates)} group(s)"
-                 + "".join("\n  " + " = ".join(ds.files[i] for i in idx) for idx in duplicates[:20]))
+                 + "".join("\n  " + " = ".join(data.shown(ds.files[i]) for i in idx) for idx in duplicates[:20]))
     fit_parts = {"train", "val"}
     leaked_images = [idx for idx in duplicates
                      if {ds.parts[i] for i in idx} & fit_parts and "test" in {ds.parts[i] for i in idx}]
@@ -72,7 +77,8 @@ def check_dataset(data_dir: str) -> tuple[str, bool]:
             side = infections[key][1 if ds.parts[i] == "test" else 0]
             side.update(INFECTION.findall(Path(ds.files[i]).name.lower()))
     leaked_keys = sorted(shared & {ds.patients[i] for i in split.get("test", [])})
-    ok = not leaked_images
+    empty = data.empty_classes(ds, np.array([i is not None for i in infos], dtype=bool))
+    ok = not leaked_images and not empty
     lines.append("")
     if leaked_images:
         lines.append(f"LEAKAGE: {len(leaked_images)} image(s) identical between train/val and test "
@@ -87,4 +93,6 @@ def check_dataset(data_dir: str) -> tuple[str, bool]:
         lines.append("OK: no image shared between train/val and test")
     else:
         lines.append("OK: no image and no patient key shared between train/val and test")
+    if empty:
+        lines.append(f"ERROR: {data.empty_class_message(empty)}")
     return "\n".join(lines), ok

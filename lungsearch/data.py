@@ -123,15 +123,29 @@ def read_image(path: Path, size: int | None, normalize: str = "none") -> np.ndar
     return image
 
 
+def shown(name) -> str:
+    """A path or file name as text that prints and encodes anywhere: the bytes of a name that is not valid
+    UTF-8 (kept by Python as surrogates) written as \\xNN escapes."""
+    text = str(name)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def scan(data_dir: str | Path) -> Dataset:
-    """List every image of a dataset folder with its part, label, patient and content hash."""
+    """List every image of a dataset folder with its part, label, patient and content hash.
+
+    A file name that is not valid UTF-8 is kept as Python keeps it (undecodable bytes as surrogates), so
+    the file is read as any other; its bytes go into the fingerprint, and `shown` makes it printable.
+    """
     root = Path(data_dir).expanduser().resolve()
     records, ignored = [], []
     for part, part_dir in dataset_parts(root).items():
         class_dirs = find_children(part_dir, CLASSES)
         missing = [c for c in CLASSES if c not in class_dirs]
         if missing:
-            raise UserError(f"{part_dir} has no {'/ or '.join(missing)}/ folder: {LAYOUT}")
+            raise UserError(f"{shown(part_dir)} has no {'/ or '.join(missing)}/ folder: {LAYOUT}")
         for label, name in enumerate(CLASSES):
             for path in sorted(class_dirs[name].rglob("*")):
                 if not path.is_file():
@@ -142,10 +156,12 @@ def scan(data_dir: str | Path) -> Dataset:
                     continue
                 records.append((rel, label, part, patient_key(path.name, rel)))
     if not records:
-        raise UserError(f"no images found in {root}: {LAYOUT}")
+        raise UserError(f"no images found in {shown(root)}: {LAYOUT}")
     with ThreadPoolExecutor(max_workers=8) as pool:
         hashes = list(pool.map(lambda r: hashlib.sha1((root / r[0]).read_bytes()).hexdigest(), records))
-    digest = hashlib.sha256("\n".join(f"{r[0]} {h}" for r, h in zip(records, hashes)).encode()).hexdigest()
+    # the names' own bytes (the same as UTF-8 for every valid name, so fingerprints do not change)
+    listing = "\n".join(f"{r[0]} {h}" for r, h in zip(records, hashes)).encode("utf-8", "surrogateescape")
+    digest = hashlib.sha256(listing).hexdigest()
     return Dataset(
         root=root,
         files=[r[0] for r in records],
@@ -158,8 +174,126 @@ def scan(data_dir: str | Path) -> Dataset:
     )
 
 
+def empty_classes(ds: Dataset, readable: np.ndarray | None = None) -> list[tuple[str, str, Path]]:
+    """(part, class, folder) of each class folder, in each part folder of the dataset, that holds no image
+    (no readable one, where `readable` marks which of `ds.files` can be read)."""
+    readable = np.ones(len(ds.files), dtype=bool) if readable is None else np.asarray(readable, dtype=bool)
+    empty = []
+    folders = dataset_parts(ds.root)
+    for part in [p for p in PARTS if p in folders]:
+        class_dirs = find_children(folders[part], CLASSES)
+        for label, name in enumerate(CLASSES):
+            if not ((ds.parts == part) & (ds.labels == label) & readable).any():
+                empty.append((part, name, class_dirs.get(name, folders[part] / name)))
+    return empty
+
+
+def empty_class_message(empty: list[tuple[str, str, Path]]) -> str:
+    """Why a dataset with an empty class folder cannot be trained on, and what to do."""
+    names = ", ".join(f"{part}/{name} ({shown(folder)})" for part, name, folder in empty)
+    optional = sorted({part for part, _, _ in empty if part != "train"})
+    return (f"{names} {'has' if len(empty) == 1 else 'have'} no readable images: a classifier needs both classes, "
+            f"NORMAL and PNEUMONIA, in every part of the dataset (train/, and val/ and test/ where present); add "
+            f"images of the missing class" + (f", or remove the optional {'/, '.join(optional)}/ folder(s)"
+                                              if optional else ""))
+
+
+def require_both_classes(ds: Dataset, readable: np.ndarray | None = None) -> None:
+    """Raise UserError when a part folder of the dataset has no (readable) image of a class."""
+    empty = empty_classes(ds, readable)
+    if empty:
+        raise UserError(empty_class_message(empty))
+
+
+CACHE_HINT = ("set LUNGSEARCH_CACHE to a folder you can write to (default ~/.cache/lungsearch), or make this one "
+              "writable")
+RESULTS_HINT = "pass --results with a folder you can write to (it is created if missing)"
+
+
+def writable_folder(path: str | Path, what: str, hint: str) -> Path:
+    """`path` (expanded, absolute) if it is a folder this process can write into, or one it can create;
+    else UserError naming `what` (the flag or variable), the path and `hint` (what to do)."""
+    path = Path(path).expanduser().absolute()
+
+    def refuse(why: str) -> UserError:
+        return UserError(f"{what} {shown(path)} {why}: {hint}")
+
+    try:
+        if path.exists() and not path.is_dir():
+            raise refuse("is a file, not a folder")
+        if path.is_symlink() and not path.exists():
+            raise refuse("is a broken symbolic link")
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise refuse(f"cannot be created: {shown(existing)} is a file, not a folder")
+    except OSError as err:  # e.g. a parent folder that cannot be searched
+        raise refuse(f"cannot be reached ({err.strerror or err})") from err
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise refuse("is not writable" if existing == path
+                     else f"cannot be created: {shown(existing)} is not writable")
+    return path
+
+
+def check_results_folder(results_dir: str | Path) -> Path:
+    """Fail before any work when `run --results` is not a folder the run can be written into."""
+    return writable_folder(results_dir, "--results folder", RESULTS_HINT)
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("LUNGSEARCH_CACHE", Path.home() / ".cache" / "lungsearch")).expanduser()
+    return Path(os.environ.get("LUNGSEARCH_CACHE") or Path.home() / ".cache" / "lungsearch").expanduser()
+
+
+def file_sha1(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
+
+
+def read_cache(npy: Path, meta: Path, ds: Dataset, image_size: int, log) -> tuple[np.ndarray, set[str]] | None:
+    """The cached images and unreadable files of `ds`, or None when there is no cache entry or it is damaged
+    (a warning through `log`; the caller decodes afresh). Metadata written before byte sizes and checksums
+    were recorded is verified by loading the array and checking its shape."""
+    if not (npy.exists() and meta.exists()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        bad = set(info["unreadable"])
+        if info.get("files", len(ds.files)) != len(ds.files) or not bad <= set(ds.files):
+            raise ValueError("its metadata lists other files than the dataset's")
+        if "npy_bytes" in info and npy.stat().st_size != info["npy_bytes"]:
+            raise ValueError(f"{npy.stat().st_size} bytes instead of {info['npy_bytes']}")
+        if "npy_sha1" in info and file_sha1(npy) != info["npy_sha1"]:
+            raise ValueError("its checksum does not match")
+        images = np.load(npy, mmap_mode="r")
+        expected = (len(ds.files) - len(bad), image_size, image_size)
+        if images.shape != expected or images.dtype != np.uint8:
+            raise ValueError(f"array of {images.shape} {images.dtype} instead of {expected} uint8")
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as err:
+        log(f"warning: the cached images {shown(npy)} are damaged ({type(err).__name__}: {shown(err)}); "
+            f"decoding them afresh")
+        return None
+    return images, bad
+
+
+def write_cache(stem: Path, images: np.ndarray, ds: Dataset, bad: set[str]) -> None:
+    """The array, then its metadata (with byte size and checksum), each written to a temporary file and
+    renamed into place: trials may read the cache concurrently."""
+    npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
+    token = f"{os.getpid()}.{os.urandom(4).hex()}"
+    tmp_npy, tmp_meta = stem.with_name(f"{stem.name}.{token}.tmp.npy"), stem.with_name(f"{stem.name}.{token}.tmp.json")
+    try:
+        np.save(tmp_npy, images)
+        info = {"files": len(ds.files), "unreadable": sorted(bad), "shape": list(images.shape),
+                "dtype": str(images.dtype), "npy_bytes": tmp_npy.stat().st_size, "npy_sha1": file_sha1(tmp_npy)}
+        tmp_meta.write_text(json.dumps(info))
+        os.replace(tmp_npy, npy)
+        os.replace(tmp_meta, meta)
+    except OSError as err:
+        for tmp in (tmp_npy, tmp_meta):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write the image cache {shown(npy)} (LUNGSEARCH_CACHE): {err.strerror or err}; "
+                        f"{CACHE_HINT}") from err
 
 
 def load(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = None,
@@ -167,36 +301,45 @@ def load(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = N
     """Scan a dataset and return it with its images (uint8, N x size x size), decoded once and cached on disk.
 
     The cache is keyed by the dataset fingerprint (file names and contents), the image size and the
-    decode-time normalisation (see read_image), so a changed file, size or normalisation decodes afresh.
-    Unreadable images are dropped from the dataset and listed in `Dataset.unreadable`.
+    decode-time normalisation (see read_image), so a changed file, size or normalisation decodes afresh;
+    a damaged cache entry (truncated, or not matching its recorded size and checksum) is decoded afresh
+    with a warning. Unreadable images are dropped from the dataset and listed in `Dataset.unreadable`.
+    Every part folder must keep readable images of both classes (UserError otherwise), and the cache
+    folder must be a folder that can be written when something is to be decoded (UserError otherwise).
     """
     method = decode_method(normalize)
     ds = scan(data_dir)
+    require_both_classes(ds)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     stem = cache / (f"{ds.fingerprint}-{image_size}" + ("" if method == "none" else f"-{method}"))
     npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
-    if npy.exists() and meta.exists():
-        bad = set(json.loads(meta.read_text())["unreadable"])
-        images = np.load(npy, mmap_mode="r")
+    cached = read_cache(npy, meta, ds, image_size, log)
+    if cached is not None:
+        images, bad = cached
     else:
+        writable_folder(cache, "the image cache folder (LUNGSEARCH_CACHE)", CACHE_HINT)  # before decoding
         how = "" if method == "none" else f" with {method}"
-        log(f"decoding {len(ds.files)} images of {ds.root} at {image_size}x{image_size}{how} (once; cached in {cache})")
+        log(f"decoding {len(ds.files)} images of {shown(ds.root)} at {image_size}x{image_size}{how} "
+            f"(once; cached in {shown(cache)})")
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             decoded = list(pool.map(lambda f: read_image(ds.root / f, image_size, method), ds.files))
         bad = {f for f, img in zip(ds.files, decoded) if img is None}
+        require_both_classes(ds, np.array([img is not None for img in decoded], dtype=bool))
         images = np.stack([img for img in decoded if img is not None])
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = stem.with_name(f"{stem.name}.{os.getpid()}.tmp.npy")  # write then rename: trials may read concurrently
-        np.save(tmp, images)
-        os.replace(tmp, npy)
-        meta.write_text(json.dumps({"files": len(ds.files), "unreadable": sorted(bad)}))
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"the image cache folder (LUNGSEARCH_CACHE) {shown(cache)} cannot be created "
+                            f"({err.strerror or err}): {CACHE_HINT}") from err
+        write_cache(stem, images, ds, bad)
     if bad:
         keep = np.array([f not in bad for f in ds.files])
         ds = Dataset(ds.root, [f for f, k in zip(ds.files, keep) if k], ds.labels[keep], ds.parts[keep],
                      [p for p, k in zip(ds.patients, keep) if k], [h for h, k in zip(ds.hashes, keep) if k],
                      ds.fingerprint, sorted(bad), ds.ignored)
-        log(f"warning: skipped {len(bad)} unreadable image(s): {', '.join(sorted(bad)[:10])}"
+        log(f"warning: skipped {len(bad)} unreadable image(s): {', '.join(shown(f) for f in sorted(bad)[:10])}"
             + (" ..." if len(bad) > 10 else ""))
+    require_both_classes(ds)  # again without the unreadable images
     return ds, images
 
 

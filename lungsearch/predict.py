@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,23 +62,65 @@ class Predictor:
         return (np.concatenate(probs) if probs else np.zeros(0)), bad
 
 
+# what loading a file that is not a (complete, compatible) Keras model raises: a truncated or foreign file,
+# a damaged archive or config, a layer or argument this version does not know. Anything else is a bug: let it show.
+BAD_MODEL_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile)
+
+
 def load_model(path: str | Path):
     """A saved lungsearch model, loaded in safe mode (the custom augmentation layer registered first)."""
     import keras
 
     from . import models  # noqa: F401  registers RandomAffine
 
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model {data.shown(path)} "
+                        + ("is a folder, not a .keras file" if path.is_dir() else "not found"))
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as err:  # a truncated file, another program's model, a layer this version does not know
-        raise UserError(f"cannot load model {path}: {type(err).__name__}: {err}") from None
+    except BAD_MODEL_ERRORS as err:
+        # Keras says "File not found" for a file that is not a zip archive: say what is wrong instead
+        why = ("it is not a .keras (zip) archive: truncated, damaged, or not a Keras 3 model file"
+               if not zipfile.is_zipfile(path) else f"{type(err).__name__}: {data.shown(err)}")
+        raise UserError(f"model {data.shown(path)} exists but is not a loadable Keras model ({why}); export it "
+                        f"again with `lungsearch report RUN_DIR`, or pass another .keras file") from err
 
 
 def read_card(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read model card {path}: {err}") from None
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read model card {data.shown(path)}: {err}") from err
+    if not isinstance(card, dict):
+        raise UserError(f"model card {data.shown(path)} is not a lungsearch card (a JSON object, as best_model.json)")
+    return card
+
+
+def card_size(card: dict[str, Any]) -> int | list[int] | None:
+    """The input size a model card (or ensemble member) records: image_size, else the config's."""
+    size = card.get("image_size", (card.get("config") or {}).get("image_size"))
+    if isinstance(size, list):
+        return [int(s) for s in size]
+    return int(size) if isinstance(size, (int, float)) else None
+
+
+def check_card(card_file: Path, card: dict[str, Any], model_file: Path, model) -> None:
+    """Refuse a card that is not the model's: a card for another input size (its threshold, TTA and decoding
+    belong to another model); warn when it names another model file with the same input size (a renamed
+    copy, or another model of that size)."""
+    size, recorded = int(model.input_shape[1]), card_size(card)
+    if recorded is not None and size not in (recorded if isinstance(recorded, list) else [recorded]):
+        raise UserError(f"model card {data.shown(card_file)} does not belong to {data.shown(model_file)}: the card is "
+                        f"for {recorded} px input{' (' + str(card['model']) + ')' if card.get('model') else ''}, "
+                        f"the model takes {size} px, so the card's threshold and settings are not this model's; "
+                        f"pass the model the card names, or move the card away to use this model with threshold 0.5")
+    named = card.get("model")
+    if "members" in card or (named and Path(str(named)).name != model_file.name):
+        what = "an ensemble" if "members" in card else f"the model {named}"
+        print(f"warning: model card {data.shown(card_file)} describes {what}, not {data.shown(model_file.name)}; "
+              f"using its threshold ({float(card.get('threshold', 0.5)):.4f}) since its input size matches. If this "
+              f"is not a renamed copy of that model, move the card away", file=sys.stderr)
 
 
 def uses_tta(card: dict[str, Any]) -> bool:
@@ -89,12 +132,16 @@ def load(model_path: str | Path) -> Predictor:
     """A Predictor from a .keras file, a model card or an ensemble card; a bad path is a UserError."""
     path = Path(model_path).expanduser().resolve()
     if not path.is_file():
-        raise UserError(f"model {path} not found; pass a .keras file, best_model.json or ensemble.json from a "
-                        f"run folder (written by `lungsearch report`)")
+        where = " is a folder" if path.is_dir() else " not found"
+        raise UserError(f"model {data.shown(path)}{where}; pass a .keras file, best_model.json or ensemble.json from "
+                        f"a run folder (written by `lungsearch report`)")
     if path.suffix == ".keras":
         card_file = path.with_suffix(".json")
         card = read_card(card_file) if card_file.is_file() else {}
-        return Predictor(path, [load_model(path)], float(card.get("threshold", 0.5)), card, [uses_tta(card)])
+        model = load_model(path)
+        if card:
+            check_card(card_file, card, path, model)
+        return Predictor(path, [model], float(card.get("threshold", 0.5)), card, [uses_tta(card)])
     if path.suffix != ".json":
         raise UserError(f"model {path} is neither a .keras file nor a .json model or ensemble card")
     card = read_card(path)
@@ -108,7 +155,14 @@ def load(model_path: str | Path) -> Predictor:
         raise UserError(f"{path} lists model file(s) that are missing: {', '.join(missing)}; keep the card "
                         f"next to the files it names (copy the whole run folder, or ensemble/ with ensemble.json)")
     ttas = [uses_tta(m) for m in card["members"]] if card.get("members") else [uses_tta(card)]
-    return Predictor(path, [load_model(f) for f in files], float(card.get("threshold", 0.5)), card, ttas)
+    loaded = [load_model(f) for f in files]
+    for f, model, entry in zip(files, loaded, card.get("members") or [card]):
+        size, recorded = int(model.input_shape[1]), card_size(entry)
+        if isinstance(recorded, int) and size != recorded:
+            raise UserError(f"{data.shown(path)} says {data.shown(f.name)} takes {recorded} px input, but that file's "
+                            f"model takes {size} px: the card and the model files come from different runs; copy "
+                            f"the run folder's card and models together")
+    return Predictor(path, loaded, float(card.get("threshold", 0.5)), card, ttas)
 
 
 def predict(model_path: str | Path, images: list[str]) -> int:
@@ -122,10 +176,16 @@ def predict(model_path: str | Path, images: list[str]) -> int:
     for p in paths:
         if p in by_path:
             label = data.CLASSES[int(by_path[p] >= predictor.threshold)]
-            print(f"{p}\t{by_path[p]:.4f}\t{label}")
+            print(f"{data.shown(p)}\t{by_path[p]:.4f}\t{label}")
         else:
-            why = "file not found" if p in missing else "not a readable JPEG or PNG image (corrupt or truncated?)"
-            print(f"error: cannot read {p}: {why}", file=sys.stderr)
+            if p.is_dir():
+                why = (f"it is a folder: predict takes image files (.jpeg, .jpg, .png), e.g. {data.shown(p)}/*.jpeg; "
+                       f"to score a dataset folder use `lungsearch evaluate MODEL --data {data.shown(p)}`")
+            elif p in missing:
+                why = "not a regular file" if p.exists() else "file not found"
+            else:
+                why = "not a readable JPEG or PNG image (corrupt or truncated?)"
+            print(f"error: cannot read {data.shown(p)}: {why}", file=sys.stderr)
     print(f"# probability of PNEUMONIA; label at threshold {predictor.threshold:.4f}"
           f" ({'from ' + predictor.source.name if predictor.card else 'default'})", file=sys.stderr)
     return 1 if missing or bad else 0
@@ -144,14 +204,16 @@ def evaluate(model_path: str | Path, data_dir: str | Path | None) -> int:
     paths, labels = [ds.root / f for f in ds.files], ds.labels
     probs, bad = predictor.probabilities(paths)
     if bad:
-        print(f"warning: skipped {len(bad)} unreadable image(s): {', '.join(map(str, bad[:10]))}", file=sys.stderr)
+        print(f"warning: skipped {len(bad)} unreadable image(s): {', '.join(map(data.shown, bad[:10]))}",
+              file=sys.stderr)
     bad_set = set(bad)
     keep = np.array([p not in bad_set for p in paths], dtype=bool)
     y = labels[keep]
     if len(y) == 0:
-        raise UserError(f"no readable images in {ds.root}")
-    print(f"{predictor.source.name} on {ds.root}{'' if test else ' (no test/ part: every image)'}: {len(y)} images, "
-          f"{int((y == 0).sum())} NORMAL / {int((y == 1).sum())} PNEUMONIA, fingerprint {ds.fingerprint}")
+        raise UserError(f"no readable images in {data.shown(ds.root)}")
+    print(f"{predictor.source.name} on {data.shown(ds.root)}{'' if test else ' (no test/ part: every image)'}: "
+          f"{len(y)} images, {int((y == 0).sum())} NORMAL / {int((y == 1).sum())} PNEUMONIA, "
+          f"fingerprint {ds.fingerprint}")
     if test and predictor.card.get("split_protocol") == "target":
         print("warning: this model comes from a search on the target split, which chose it (and its threshold) on "
               "half of a test/ folder's patients; if this is that dataset, half of these images are its validation "
@@ -160,9 +222,17 @@ def evaluate(model_path: str | Path, data_dir: str | Path | None) -> int:
     thresholds = [(0.5, "default")]
     if predictor.threshold != 0.5:
         thresholds.append((predictor.threshold, "chosen on the run's validation part"))
+    one_class = len(set(y.tolist())) < 2
+    if one_class:
+        only = data.CLASSES[int(y[0])]
+        print(f"warning: every image is {only}: AUC is undefined with one class (it compares NORMAL with PNEUMONIA "
+              f"images), and so are " + ("recall and F1 (shown as 0)" if only == "NORMAL"
+                                         else "specificity (shown as 0)")
+              + "; evaluate on a folder with both classes to rank models", file=sys.stderr)
     for thr, why in thresholds:
         m = binary_metrics(y, probs, thr)
         print(f"threshold {thr:.4f} ({why}): " + ", ".join(
-            f"{k} {m[k]:.4f}" for k in ("accuracy", "precision", "recall", "f1", "specificity", "auc", "loss"))
+            f"{k} {'undefined (one class)' if k == 'auc' and one_class else format(m[k], '.4f')}"
+            for k in ("accuracy", "precision", "recall", "f1", "specificity", "auc", "loss"))
             + f", tp {m['tp']} fp {m['fp']} fn {m['fn']} tn {m['tn']}")
     return 0

@@ -46,7 +46,7 @@ def fig_samples(a: Analysis, folder: Path) -> Path:
         idx = train[a.data.ds.labels[train] == label]
         for ax, i in zip(axes[row], rng.choice(idx, min(6, len(idx)), replace=False)):
             ax.imshow(a.data.images[i], cmap="gray", vmin=0, vmax=255)
-            ax.set_title(f"{data.CLASSES[label]}\n{Path(a.data.ds.files[i]).name[:20]}", fontsize=8)
+            ax.set_title(f"{data.CLASSES[label]}\n{data.shown(Path(a.data.ds.files[i]).name)[:20]}", fontsize=8)
     return save(fig, folder / "samples.png")
 
 

@@ -49,3 +49,33 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     out = run_check(tmp_path / "missing")
     assert out.returncode == 2
     assert "does not exist" in out.stderr and "NORMAL/" in out.stderr
+
+
+def test_a_part_with_an_empty_or_unreadable_class_fails_the_check(dataset):
+    for f in (dataset / "train" / "PNEUMONIA").iterdir():
+        f.unlink()
+    for f in (dataset / "test" / "NORMAL").iterdir():
+        truncate(f)
+    out = run_check(dataset)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert "train       24          0        12" in out.stdout
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("ERROR: train/PNEUMONIA (") and "test/NORMAL (" in last
+    assert "have no readable images: a classifier needs both classes" in last
+
+
+def test_file_names_that_are_not_utf8_are_checked_and_shown_escaped(dataset):
+    import os
+    import shutil
+    folder = os.fsencode(dataset / "train" / "PNEUMONIA")
+    src = sorted((dataset / "train" / "PNEUMONIA").glob("*.jpg"))[0]
+    shutil.copy(src, os.path.join(folder, b"person9_bacteria_\xff.jpeg"))
+    with open(os.path.join(folder, b"notes_\xe9.txt"), "w") as f:
+        f.write("not an image")
+    out = run_check(dataset)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "train       24         25        25" in out.stdout
+    assert "non-image files ignored: 1" in out.stdout and "train/PNEUMONIA/notes_\\xe9.txt" in out.stdout
+    assert "unreadable or truncated images: 0" in out.stdout
+    assert "train/PNEUMONIA/person9_bacteria_\\xff.jpeg" in out.stdout  # an identical copy: listed as such

@@ -186,3 +186,168 @@ def test_a_big_enough_own_val_folder_is_used_and_a_small_one_is_pooled(tmp_path,
     target = data.make_split(ds, "target", seed=0)
     assert set(target["holdout"]) == val_folder and set(target["train"]) == set(np.flatnonzero(ds.parts == "train"))
     assert "own val/" in data.split_sources(ds, "target")["holdout"]
+
+
+# --- Fail loudly and honestly: one-class data, odd file names, bad folders, a damaged cache ---
+
+def non_utf8_copy(src, folder, name=b"person9_bacteria_\xff.jpeg"):
+    """Copy `src` into `folder` under a file name that is not valid UTF-8; the name as Python sees it."""
+    import os
+    import shutil
+    dst = os.path.join(os.fsencode(folder), name)
+    shutil.copy(src, dst)
+    return os.fsdecode(name)
+
+
+def test_one_class_train_part_is_refused_by_load(dataset, cache_dir):
+    for f in (dataset / "train" / "PNEUMONIA").iterdir():
+        f.unlink()
+    assert len(data.scan(dataset).files) == 40  # scan lists what is there (evaluate scores one class)
+    with pytest.raises(UserError, match=r"train/PNEUMONIA \(.*\) has no readable images: a classifier needs both"):
+        data.load(dataset, 24)
+    assert not cache_dir.exists() or not list(cache_dir.glob("*.npy"))  # refused before decoding
+
+
+def test_a_test_class_with_only_unreadable_images_is_refused_after_decoding(dataset, cache_dir):
+    for f in (dataset / "test" / "NORMAL").iterdir():
+        truncate(f)
+    with pytest.raises(UserError, match=r"test/NORMAL .*has no readable images.*remove the optional test/"):
+        data.load(dataset, 24)
+    with pytest.raises(UserError, match="test/NORMAL"):  # again from the cache entry
+        data.load(dataset, 24)
+
+
+def test_empty_class_helpers_name_part_and_class(tmp_path):
+    root = make_dataset(tmp_path / "d", {"train": 2, "val": 1})
+    for f in (root / "val" / "NORMAL").iterdir():
+        f.unlink()
+    ds = data.scan(root)
+    assert [(p, c) for p, c, _ in data.empty_classes(ds)] == [("val", "NORMAL")]
+    readable = ds.labels == 0  # as if every PNEUMONIA image were unreadable
+    assert [(p, c) for p, c, _ in data.empty_classes(ds, readable)] == [
+        ("train", "PNEUMONIA"), ("val", "NORMAL"), ("val", "PNEUMONIA")]
+    with pytest.raises(UserError, match="val/NORMAL"):
+        data.require_both_classes(ds)
+
+
+def test_non_utf8_file_name_is_read_fingerprinted_and_shown_escaped(dataset, cache_dir):
+    from lungsearch.check import check_dataset
+    src = sorted((dataset / "train" / "PNEUMONIA").glob("*.jpg"))[0]
+    name = non_utf8_copy(src, dataset / "train" / "PNEUMONIA")
+    ds = data.scan(dataset)
+    rel = f"train/PNEUMONIA/{name}"
+    assert rel in ds.files and len(ds.files) == 65
+    assert data.shown(rel) == "train/PNEUMONIA/person9_bacteria_\\xff.jpeg"
+    ds2, images = data.load(dataset, 24)
+    assert rel in ds2.files and not ds2.unreadable and len(images) == 65
+    assert np.array_equal(images[ds2.files.index(rel)], data.read_image(src, 24))
+    text, ok = check_dataset(str(dataset))
+    assert ok and "unreadable or truncated images: 0" in text
+    text.encode("utf-8")  # printable
+
+
+def test_fingerprint_of_valid_names_is_unchanged(dataset):
+    import hashlib
+    ds = data.scan(dataset)
+    old = hashlib.sha256("\n".join(f"{f} {h}" for f, h in zip(ds.files, ds.hashes)).encode()).hexdigest()[:16]
+    assert ds.fingerprint == old  # existing caches and run manifests stay valid
+
+
+def test_cache_folder_that_is_a_file_is_a_user_error_naming_the_variable(dataset, tmp_path, monkeypatch):
+    blocker = tmp_path / "cachefile"
+    blocker.write_text("not a folder")
+    for value, why in [(blocker, "is a file, not a folder"), (blocker / "sub", "cannot be created: .* is a file")]:
+        monkeypatch.setenv("LUNGSEARCH_CACHE", str(value))
+        with pytest.raises(UserError, match=f"LUNGSEARCH_CACHE.*{value}.* {why}.*set LUNGSEARCH_CACHE"):
+            data.load(dataset, 24)
+
+
+def test_read_only_cache_folder_is_a_user_error(dataset, tmp_path, monkeypatch):
+    import os
+    cache = tmp_path / "ro"
+    cache.mkdir()
+    monkeypatch.setenv("LUNGSEARCH_CACHE", str(cache))
+    if os.geteuid() != 0:
+        cache.chmod(0o500)
+        try:
+            with pytest.raises(UserError, match=f"LUNGSEARCH_CACHE.*{cache} is not writable"):
+                data.load(dataset, 24)
+        finally:
+            cache.chmod(0o700)
+    else:  # root writes anywhere: check the rule itself on a folder the process may not write
+        real_access = os.access
+        monkeypatch.setattr(data.os, "access", lambda p, mode, **k: False if str(p) == str(cache)
+                            else real_access(p, mode, **k))
+        with pytest.raises(UserError, match=f"LUNGSEARCH_CACHE.*{cache} is not writable"):
+            data.load(dataset, 24)
+
+
+def test_results_folder_is_checked_before_any_work(dataset, tmp_path):
+    from lungsearch import run
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match=f"--results folder {blocker} is a file, not a folder: pass --results"):
+        run.run_search("spaces/report.py", str(dataset), results_dir=blocker)
+    with pytest.raises(UserError, match="--results folder .*cannot be created: .* is a file"):
+        data.check_results_folder(blocker / "runs")
+    fresh = tmp_path / "new" / "runs"
+    assert data.check_results_folder(fresh) == fresh and not fresh.exists()  # checked, not created
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root can write into a read-only folder")
+def test_read_only_results_folder_is_a_user_error(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(UserError, match=f"--results folder {folder} is not writable"):
+            data.check_results_folder(folder)
+    finally:
+        folder.chmod(0o700)
+
+
+def test_truncated_cache_array_is_rebuilt_with_a_warning(dataset, cache_dir):
+    ds, first = data.load(dataset, 24)
+    first = np.array(first)
+    npy = cache_dir / f"{ds.fingerprint}-24.npy"
+    truncate(npy)
+    logs = []
+    _, again = data.load(dataset, 24, log=logs.append)
+    assert any("warning: the cached images" in m and "damaged" in m for m in logs)
+    assert sum("decoding 64 images" in m for m in logs) == 1 and np.array_equal(np.asarray(again), first)
+    logs.clear()
+    data.load(dataset, 24, log=logs.append)
+    assert logs == []  # rebuilt entry is used as is
+
+
+def test_changed_cache_bytes_fail_the_checksum_and_are_rebuilt(dataset, cache_dir):
+    ds, first = data.load(dataset, 24)
+    first = np.array(first)
+    npy = cache_dir / f"{ds.fingerprint}-24.npy"
+    raw = bytearray(npy.read_bytes())
+    raw[-1] ^= 0xFF  # same size, one pixel changed
+    npy.write_bytes(bytes(raw))
+    logs = []
+    _, again = data.load(dataset, 24, log=logs.append)
+    assert any("checksum" in m for m in logs) and np.array_equal(np.asarray(again), first)
+
+
+def test_old_cache_metadata_is_verified_by_loading(dataset, cache_dir):
+    import json
+    ds, first = data.load(dataset, 24)
+    first = np.array(first)
+    meta = cache_dir / f"{ds.fingerprint}-24.json"
+    info = json.loads(meta.read_text())
+    assert {"npy_bytes", "npy_sha1"} <= set(info)
+    meta.write_text(json.dumps({"files": info["files"], "unreadable": info["unreadable"]}))  # as written before
+    logs = []
+    _, again = data.load(dataset, 24, log=logs.append)
+    assert logs == [] and np.array_equal(np.asarray(again), first)
+    truncate(cache_dir / f"{ds.fingerprint}-24.npy")
+    _, again = data.load(dataset, 24, log=logs.append)
+    assert any("damaged" in m for m in logs) and np.array_equal(np.asarray(again), first)
+    meta.write_text("{trunc")  # damaged metadata too
+    logs.clear()
+    _, again = data.load(dataset, 24, log=logs.append)
+    assert any("damaged" in m for m in logs) and np.array_equal(np.asarray(again), first)
+    assert not list(cache_dir.glob("*.tmp.*"))  # no temporary files left behind
