@@ -1,7 +1,8 @@
 """Rank a run's trials by the search's objective, evaluate the best models and the report's three models on
-the held-out test part (bootstrap confidence intervals) and, with the target split, on the in-distribution
-holdout; average the top trials into an ensemble, export models. No plotting here. Thresholds are only ever
-chosen on the validation part."""
+the held-out test part (bootstrap confidence intervals over resampled patients) and, with the target split,
+on the in-distribution holdout; compare the best trial with the base model (paired bootstrap); average the top
+trials into an ensemble, export models. No plotting here. Thresholds are only ever chosen on the validation
+part."""
 from __future__ import annotations
 
 import shutil
@@ -19,6 +20,8 @@ from .predict import load_model
 
 FIXED = tuple(FIXED_POINTS)  # base, bn_aug, bn_aug_dropout
 CI_METRICS = ("accuracy", "precision", "recall", "f1", "specificity", "auc")
+CI_TEXT = ("95% percentile bootstrap intervals over 1000 seeded resamples of the test patients (a drawn patient "
+           "brings all of its images: images of one child are not independent)")
 # The source report's test figures (random 80:20 image split); no loss, recall and precision for base only.
 SOURCE_REPORT = {"base": {"accuracy": 0.9555, "f1": 0.9686, "recall": 0.9762, "precision": 0.9622},
                  "bn_aug": {"accuracy": 0.9478, "f1": 0.9632},
@@ -79,6 +82,7 @@ class Evaluation:
     fixed_point: str = ""
     holdout: dict[str, float] | None = None  # at 0.5; None without a holdout part (split other than target)
     holdout_tuned: dict[str, float] | None = None  # at the validation threshold
+    groups: np.ndarray | None = field(default=None, repr=False)  # patient key of each test image (bootstrap)
 
 
 @dataclass
@@ -90,6 +94,7 @@ class Analysis:
     best: Evaluation | None
     ensemble: Evaluation | None
     data: "RunData"
+    vs_base: dict[str, Any] | None = None  # paired_difference(best, base); None without both models
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -156,16 +161,23 @@ class RunData:
             self.arrays[key] = {p: data.arrays(images, ds, idx) for p, idx in self.split.items() if p != "train"}
         return self.arrays[key]
 
+    def patients(self, part: str) -> np.ndarray:
+        """The patient key of each image of `part`, in the order of parts()' arrays."""
+        return np.array([self.ds.patients[i] for i in self.split[part]], dtype=object)
+
 
 def val_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """The decision threshold that maximises F1 on (y, p), placed midway between two distinct scores;
-    among equally good thresholds the one nearest 0.5. Use on validation data only."""
+    among equally good thresholds the one nearest 0.5. Use on validation data only. Cut i calls the scores
+    from values[i] up positive under binary_metrics' rule `p > threshold`: it lies below values[i] and not
+    below values[i - 1] (the lower score itself where two scores are too close to have a midpoint)."""
     y = np.asarray(y).ravel().astype(bool)
     p = np.clip(np.asarray(p).ravel().astype(np.float64), 1e-7, 1 - 1e-7)  # as binary_metrics compares
     if not y.any():
         return 0.5
     values = np.unique(p)
-    cuts = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2])  # cut i: p >= values[i] positive
+    mid = (values[:-1] + values[1:]) / 2
+    cuts = np.concatenate([[values[0] / 2], np.where(mid < values[1:], mid, values[:-1])])
     tp = y.sum() - np.searchsorted(np.sort(p[y]), values, side="left")
     fp = (~y).sum() - np.searchsorted(np.sort(p[~y]), values, side="left")
     f1 = 2 * tp / (tp + y.sum() + fp)
@@ -178,7 +190,7 @@ def weighted_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray, threshold: flo
     row b of `w` (B x N) counts how often each sample is drawn. Vectorised for the bootstrap."""
     y = np.asarray(y).ravel().astype(bool)
     p = np.clip(np.asarray(p).ravel().astype(np.float64), 1e-7, 1 - 1e-7)
-    pred = p >= threshold
+    pred = p > threshold  # as binary_metrics and Keras' metrics
     tp, fp, fn, tn = w @ (pred & y), w @ (pred & ~y), w @ (~pred & y), w @ (~pred & ~y)
 
     def ratio(a, b):
@@ -198,15 +210,53 @@ def weighted_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray, threshold: flo
             "f1": ratio(2 * precision * recall, precision + recall), "specificity": ratio(tn, tn + fp), "auc": auc}
 
 
-def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals (seeded; `n_boot` resamples of the test images) for CI_METRICS."""
-    n = len(np.ravel(y))
-    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
-    w = np.bincount((idx + n * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n)
-    values = weighted_metrics(y, p, w.reshape(n_boot, n).astype(np.float64), threshold)
+def resample_weights(groups: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """B x N weights of a seeded cluster bootstrap: each resample draws as many groups (patients) as there
+    are, with replacement, and each image counts as often as its group was drawn. With one group per image
+    this is the ordinary bootstrap of images."""
+    _, inverse = np.unique(np.asarray(groups).ravel(), return_inverse=True)
+    g = int(inverse.max()) + 1
+    idx = np.random.default_rng(seed).integers(0, g, (n_boot, g))
+    counts = np.bincount((idx + g * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * g)
+    return counts.reshape(n_boot, g)[:, inverse].astype(np.float64)
+
+
+def percentiles(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     tail = 100 * (1 - level) / 2
-    return {m: tuple(float(v) for v in np.nanpercentile(values[m], [tail, 100 - tail])) for m in CI_METRICS}
+    return tuple(float(v) for v in np.nanpercentile(values, [tail, 100 - tail]))
+
+
+def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95, groups: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals for CI_METRICS over `n_boot` seeded resamples of the patients in `groups`
+    (one key per image); without groups, of the images."""
+    w = resample_weights(np.arange(len(np.ravel(y))) if groups is None else groups, n_boot, seed)
+    values = weighted_metrics(y, p, w, threshold)
+    return {m: percentiles(values[m], level) for m in CI_METRICS}
+
+
+PAIRED = (("f1_at_0.5", "f1", False), ("f1_at_threshold", "f1", True), ("auc", "auc", False))
+
+
+def paired_difference(best: Evaluation, base: Evaluation, n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> dict[str, dict[str, Any]]:
+    """Best minus base on the test part: F1 at 0.5, F1 at each model's own validation threshold, and AUC,
+    each with a paired bootstrap interval: the same resamples of test patients score both models, so the
+    interval is that of the difference (patients both find easy or hard do not widen it)."""
+    y = best.y["test"]
+    if not np.array_equal(y, base.y["test"]):
+        raise ValueError("the two models were not scored on the same test images")
+    n = len(np.ravel(y))
+    w = np.vstack([np.ones((1, n)), resample_weights(np.arange(n) if best.groups is None else best.groups,
+                                                     n_boot, seed)])  # row 0: the test part as it is
+    scores = {(e, tuned): weighted_metrics(y, ev.p["test"], w, ev.threshold if tuned else 0.5)
+              for e, ev in (("best", best), ("base", base)) for tuned in (False, True)}
+    out = {}
+    for key, metric, tuned in PAIRED:
+        b, a = scores["best", tuned][metric], scores["base", tuned][metric]
+        out[key] = {"best": float(b[0]), "base": float(a[0]), "difference": float(b[0] - a[0]),
+                    "ci95": percentiles(b[1:] - a[1:], level)}
+    return out
 
 
 def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -218,15 +268,32 @@ def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (np.r_[0, fp[last] / max(fp[-1], 1)], np.r_[0, tp[last] / max(tp[-1], 1)])
 
 
+def vs_base_text(a: "Analysis") -> str:
+    """The paired comparison of the best trial with the base model, in a sentence for the report."""
+    c, names = a.vs_base, {"f1_at_0.5": "F1 at 0.5", "f1_at_threshold": "F1 at each model's validation threshold",
+                           "auc": "AUC"}
+    if c is None:
+        return ("No comparison with the base model: " + ("no trial saved a model." if a.best is None else
+                                                         "it was not run or saved no model in this run."))
+    if c["best"] == c["base"]:
+        return "The best trial is the base model itself: there is no difference to compare."
+    return (f"**{c['best']} minus the base model** on the same test patients, with paired 95% bootstrap intervals "
+            f"(the same resamples score both models): " + "; ".join(
+                f"{names[k]} {v['best']:.4f} vs {v['base']:.4f}: {v['difference']:+.4f} [{v['ci95'][0]:+.3f}, "
+                f"{v['ci95'][1]:+.3f}]" for k, v in c["metrics"].items()) + ". An interval that holds 0 shows no "
+            f"difference.")
+
+
 def evaluate(name: str, trials: list[str], sizes: list[int], y: dict[str, np.ndarray], p: dict[str, np.ndarray],
-             n_boot: int = 1000, seed: int = 0, fixed_point: str = "") -> Evaluation:
-    """Metrics at 0.5 and at the threshold chosen on validation, with bootstrap intervals on test; labels `y`
-    and probabilities `p` by part (val, test, optionally holdout)."""
+             n_boot: int = 1000, seed: int = 0, fixed_point: str = "", groups: np.ndarray | None = None) -> Evaluation:
+    """Metrics at 0.5 and at the threshold chosen on validation, with bootstrap intervals on test (resampling
+    the patients in `groups`, one key per test image; images without it); labels `y` and probabilities `p` by
+    part (val, test, optionally holdout)."""
     thr = val_threshold(y["val"], p["val"])
     at = {part: [binary_metrics(y[part], p[part], t) for t in (0.5, thr)] for part in y}  # at 0.5, at thr
-    ci = [bootstrap_ci(y["test"], p["test"], t, n_boot, seed) for t in (0.5, thr)]
+    ci = [bootstrap_ci(y["test"], p["test"], t, n_boot, seed, groups=groups) for t in (0.5, thr)]
     return Evaluation(name, trials, sizes, thr, at["val"][0], *at["test"], *ci, y, p, fixed_point,
-                      *at.get("holdout", [None, None]))
+                      *at.get("holdout", [None, None]), groups=groups)
 
 
 def analyse(run_dir: str | Path, top: int = 5, ensemble: int = 3, data_dir: str | Path | None = None,
@@ -244,7 +311,7 @@ def analyse(run_dir: str | Path, top: int = 5, ensemble: int = 3, data_dir: str 
     fixed = [t for t in ranked if board.set_index("trial").loc[t, "fixed_point"]]
     wanted = list(dict.fromkeys(ranked[: max(top, ensemble)] + fixed))
     rdata = RunData(run, data_dir, log)
-    seed = int(run.manifest["run_constants"].get("seed", 0))
+    seed, groups = int(run.manifest["run_constants"].get("seed", 0)), rdata.patients("test")
     evals = {}
     for trial in wanted:
         cfg = run.config(trial)
@@ -253,18 +320,22 @@ def analyse(run_dir: str | Path, top: int = 5, ensemble: int = 3, data_dir: str 
         parts = rdata.parts(size, models.decode_normalization(model))
         y = {k: labels.ravel() for k, (_, labels) in parts.items()}
         p = {k: models.predict_proba(model, x, cfg.tta) for k, (x, _) in parts.items()}
-        evals[trial] = evaluate(cfg.fixed_point or trial, [trial], [size], y, p, n_boot, seed, cfg.fixed_point)
+        evals[trial] = evaluate(cfg.fixed_point or trial, [trial], [size], y, p, n_boot, seed, cfg.fixed_point, groups)
         log(f"evaluated {trial}: test F1 {evals[trial].test['f1']:.4f} at 0.5, "
             f"{evals[trial].test_tuned['f1']:.4f} at the validation threshold {evals[trial].threshold:.3f}")
     members, ens = (ranked[:ensemble] if ensemble else []), None
     if len(members) >= 2:
         first = evals[members[0]]
         ens = evaluate(f"ensemble of {len(members)}", members, [s for m in members for s in evals[m].image_sizes],
-                       first.y, {k: np.mean([evals[m].p[k] for m in members], axis=0) for k in first.p}, n_boot, seed)
+                       first.y, {k: np.mean([evals[m].p[k] for m in members], axis=0) for k in first.p}, n_boot, seed,
+                       groups=groups)
     board = board.drop(columns=["trial_dir"], errors="ignore")
     board.to_csv(run.dir / "leaderboard.csv", index=False)  # rank, trial, ..., checkpoint (True if saved)
     best = evals[ranked[0]] if ranked else None
-    return Analysis(run, board, evals, ranked[:top], best, ens, rdata)
+    base = next((e for e in evals.values() if e.fixed_point == "base"), None)
+    vs_base = ({"best": best.name, "base": base.name, "metrics": paired_difference(best, base, n_boot, seed)}
+               if best and base else None)
+    return Analysis(run, board, evals, ranked[:top], best, ens, rdata, vs_base)
 
 
 def asha_rungs(run: Run) -> list[tuple[int, pd.Series]]:
@@ -289,6 +360,7 @@ def card(a: Analysis, ev: Evaluation) -> dict[str, Any]:
         "threshold": ev.threshold, "threshold_chosen_on": "validation part (maximises validation F1)",
         "metrics": {"test_at_0.5": ev.test, "test_at_threshold": ev.test_tuned, "val_at_0.5": ev.val,
                     "test_ci95_at_0.5": ev.ci, "test_ci95_at_threshold": ev.ci_tuned, **holdout},
+        "intervals": CI_TEXT,
         "trials": ev.trials, "fixed_point": ev.fixed_point, "data_fingerprint": a.run.manifest["data"]["fingerprint"],
         "split_protocol": protocol, "split": SPLIT_NAMES.get(protocol, protocol), "split_sources":
             split.get("sources", {}), "objective": objective_text(a.run.manifest), "run_dir": str(a.run.dir),

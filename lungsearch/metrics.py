@@ -21,10 +21,15 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Loss, accuracy, precision, recall, F1, specificity, AUC and the confusion matrix counts."""
+    """Loss, accuracy, precision, recall, F1, specificity, AUC and the confusion matrix counts.
+
+    An image is called PNEUMONIA when its probability is strictly above `threshold` (`p > threshold`), as
+    Keras' BinaryAccuracy, Precision, Recall and F1Score count it during training, so a probability of
+    exactly 0.5 is NORMAL at the default threshold. Probabilities are clipped to [1e-7, 1 - 1e-7] first
+    (as the loss needs)."""
     y = np.asarray(y).ravel().astype(np.float64)
     p = np.clip(np.asarray(p).ravel().astype(np.float64), 1e-7, 1 - 1e-7)
-    pred = p >= threshold
+    pred = p > threshold
     pos = y == 1
     tp, fp = int((pred & pos).sum()), int((pred & ~pos).sum())
     fn, tn = int((~pred & pos).sum()), int((~pred & ~pos).sum())

@@ -175,7 +175,7 @@ def predict(model_path: str | Path, images: list[str]) -> int:
     by_path = dict(zip([p for p in readable if p not in bad], probs))
     for p in paths:
         if p in by_path:
-            label = data.CLASSES[int(by_path[p] >= predictor.threshold)]
+            label = data.CLASSES[int(by_path[p] > predictor.threshold)]
             print(f"{data.shown(p)}\t{by_path[p]:.4f}\t{label}")
         else:
             if p.is_dir():

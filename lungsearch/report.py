@@ -220,11 +220,11 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
                   f"{src.get('val', 'see Data')}); the same number is used by "
                   + ", ".join(m.get("objective", {}).get("used_by", ["the leaderboard"])) + "."),
             ("p", f"Two thresholds: **0.5** (as the source report) and a threshold **{tuned}** to maximise "
-                  "validation F1 (never on test). Brackets: 95% percentile bootstrap intervals over "
-                  "1000 seeded resamples of the test images."),
+                  f"validation F1 (never on test). Brackets: {analysis.CI_TEXT}."),
             ("p", f"Best model: **{best.name}** (validation AUC {fmt(best.val['auc'])}): test F1 {with_ci(best, 'f1')} "
                   f"at threshold 0.5; {with_ci(best, 'f1', True)} at threshold {best.threshold:.3f} chosen on "
-                  f"validation." if best else "No trial saved a model, so nothing was evaluated on test.")]),
+                  f"validation." if best else "No trial saved a model, so nothing was evaluated on test."),
+            ("p", analysis.vs_base_text(a))]),
         ("Table 1: the source report's models and the best trial", [
             ("p", "Test metrics at threshold 0.5, laid out as the source report's Table 1. The **source report** "
                   "columns are its published figures (test set of its random 80:20 image split), copied for "
@@ -329,7 +329,8 @@ def write_report(run_dir: str | Path, top: int = 5, ensemble: int = 3, export_en
     figs = {"samples": fig_samples(a, folder), "learning_curves": fig_curves(a, folder, curves),
             "asha": fig_asha(a, folder), "hyperparameters": fig_params(a, folder),
             "best_model": fig_best(a, folder) if a.best else None, "shift": fig_shift(a, folder)}
-    store.write_json(root / "evaluation.json", [{"model": e.name, "image_sizes": e.image_sizes, **analysis.card(a, e)}
+    store.write_json(root / "evaluation.json", [{"model": e.name, "image_sizes": e.image_sizes, **analysis.card(a, e),
+                                                 **({"best_minus_base": a.vs_base} if e is a.best else {})}
                                                 for e in [*a.evals.values(), *filter(None, [a.ensemble])]])
     analysis.export_best(a)
     if export_ensemble:

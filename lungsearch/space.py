@@ -6,6 +6,7 @@ declarations, and an optional `SETTINGS = {...}` dict of search settings (see co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import runpy
 import traceback
@@ -82,8 +83,58 @@ def load(path: str | Path) -> Space:
     return Space(path, source, doc, params, conditions, settings)
 
 
+def on_grid(value: float, step: float) -> bool:
+    """Whether `value` is a whole multiple of `step` (up to float rounding)."""
+    k = value / step
+    return math.isclose(k, round(k), rel_tol=0, abs_tol=1e-9)
+
+
+@functools.cache
+def rounded_grid() -> type:
+    """Ray's quantised sampler (so TPE still sees an ordered, stepped range) with values rounded to 12
+    significant digits and kept within the bounds: Ray draws k * q, and 6 * 0.05 is 0.30000000000000004.
+    Made on first use so that importing this module does not import Ray."""
+    from ray.tune.search.sample import Quantized
+
+    class RoundedGrid(Quantized):
+        def sample(self, domain, config=None, size=1, random_state=None):
+            values = super().sample(domain, config, size, random_state)
+
+            def fix(v):
+                return min(max(float(f"{v:.12g}"), domain.lower), domain.upper)
+
+            return [fix(v) for v in values] if isinstance(values, list) else fix(values)
+
+    RoundedGrid.__module__, RoundedGrid.__qualname__ = __name__, "RoundedGrid"
+    return RoundedGrid
+
+
+def __getattr__(name: str) -> Any:  # a pickled search space (Ray's experiment state) finds the class by name
+    if name == "RoundedGrid":
+        return rounded_grid()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def to_ray(param) -> Any:
-    """The Ray Tune domain for one keras-tuner hyperparameter, with the same (inclusive) bounds."""
+    """The Ray Tune domain for one keras-tuner hyperparameter: the same values, bounds included.
+
+    - Int: keras-tuner's max_value is included. No step: `tune.randint(min, max + 1)` (Ray's upper bound
+      is exclusive there). A step: `tune.qrandint(min, max, step)`, whose upper bound is inclusive; it
+      draws multiples of `step`, so it is used only when min_value is one (keras-tuner's values are
+      min + k*step). Log sampling without a step: `tune.lograndint(min, max + 1)`.
+    - Float: `tune.uniform` / `tune.loguniform`; a step: `tune.quniform(min, top, step)` when min_value is
+      a multiple of the step, `top` the largest min + k*step not above max_value (Ray wants both bounds on
+      the grid). Values are rounded to 12 significant digits (Ray's k * 0.1 can be 0.30000000000000004)
+      and stay within [min, max]; the two end values are drawn half as often as the others (a uniform
+      draw rounded to the grid), where keras-tuner draws all equally.
+    - A step whose grid Ray's quantised domains cannot draw: min_value not a multiple of the step, or a
+      step with log sampling, where keras-tuner's step is a *factor* (min, min*step, min*step**2, ...,
+      not multiples of step as in `tune.qloguniform`/`tune.qlograndint`): `tune.choice` over exactly
+      keras-tuner's values, each as likely as keras-tuner draws it. Random search is then the same; only
+      TPE no longer knows the values are ordered (declare a range on a multiple of the step to keep that).
+    - `sampling="reverse_log"` has no Ray Tune domain and is refused (UserError) rather than drawn linearly.
+    - Boolean, Choice: `tune.choice` (unordered); Fixed: the value itself.
+    """
     from ray import tune
     import keras_tuner as kt
 
@@ -94,28 +145,51 @@ def to_ray(param) -> Any:
         return tune.choice([False, True])
     if isinstance(param, hps.Choice):
         return tune.choice(list(param.values))
+    if not isinstance(param, (hps.Int, hps.Float)):
+        raise UserError(f"{param.name}: unsupported hyperparameter type {type(param).__name__}")
+    kind = type(param).__name__
+    if param.sampling == "reverse_log":
+        raise UserError(f"{param.name}: {kind} with sampling='reverse_log' has no Ray Tune equivalent; use "
+                        f"sampling='log' or 'linear', or hp.Choice({param.name!r}, [...]) with the values to try")
     if isinstance(param, hps.Int):
-        lo, hi, step = int(param.min_value), int(param.max_value), param.step
+        lo, hi, step = int(param.min_value), int(param.max_value), int(param.step or 1)
         if lo > hi:
             raise UserError(f"{param.name}: min_value {lo} is above max_value {hi}")
         if param.sampling == "log":
-            if step and step != 1:
-                raise UserError(f"{param.name}: log sampling with a step is not supported; drop the step")
-            return tune.lograndint(lo, hi + 1)  # Ray's upper bound is exclusive, keras-tuner's inclusive
-        return tune.choice(list(range(lo, hi + 1, int(step or 1))))
-    if isinstance(param, hps.Float):
-        lo, hi, step = float(param.min_value), float(param.max_value), param.step
-        if not lo < hi:
-            raise UserError(f"{param.name}: min_value {lo} must be below max_value {hi}")
-        if param.sampling == "log":
-            if lo <= 0:
-                raise UserError(f"{param.name}: log sampling needs min_value above 0, got {lo}")
-            return tune.loguniform(lo, hi)
-        if step:
-            count = int(math.floor((hi - lo) / step + 1e-9))
-            return tune.choice([round(lo + i * step, 12) for i in range(count + 1)])
+            if param.step is None:
+                return tune.lograndint(lo, hi + 1)  # Ray's upper bound is exclusive, keras-tuner's inclusive
+            return tune.choice(geometric_grid(param, lo, hi, step))
+        if step == 1:
+            return tune.randint(lo, hi + 1)  # exclusive upper bound (qrandint's too when q is 1)
+        if lo % step == 0:
+            return tune.qrandint(lo, hi, step)  # inclusive upper bound; multiples of step
+        return tune.choice(list(range(lo, hi + 1, step)))
+    lo, hi, step = float(param.min_value), float(param.max_value), param.step
+    if not lo < hi:
+        raise UserError(f"{param.name}: min_value {lo} must be below max_value {hi}")
+    if param.sampling == "log":
+        if lo <= 0:
+            raise UserError(f"{param.name}: log sampling needs min_value above 0, got {lo}")
+        return tune.loguniform(lo, hi) if not step else tune.choice(geometric_grid(param, lo, hi, float(step)))
+    if not step:
         return tune.uniform(lo, hi)
-    raise UserError(f"{param.name}: unsupported hyperparameter type {type(param).__name__}")
+    step = float(step)
+    count = int(math.floor((hi - lo) / step + 1e-9))
+    if on_grid(lo, step):  # Ray wants both bounds on the grid: the largest value keras-tuner draws
+        domain = tune.quniform(lo, lo + count * step, step)
+        domain.set_sampler(rounded_grid()(domain.get_sampler().sampler, step), allow_override=True)
+        return domain
+    return tune.choice([round(lo + i * step, 12) for i in range(count + 1)])
+
+
+def geometric_grid(param, lo, hi, factor):
+    """keras-tuner's values of a log-sampled parameter with a step: min_value * step**k up to max_value."""
+    if factor <= 1:
+        raise UserError(f"{param.name}: a log-sampled step is a factor between values and must be above 1")
+    count = int(math.log(hi / lo, factor) + 1e-8)
+    if isinstance(lo, int):
+        return [lo * factor ** k for k in range(count + 1)]
+    return [float(f"{lo * factor ** k:.12g}") for k in range(count + 1)]
 
 
 def ray_space(space: Space) -> dict[str, Any]:
@@ -139,8 +213,9 @@ def check_defaults(space: Space, context: dict[str, Any] | None = None) -> None:
     """Build a TrialConfig from each parameter's bounds so a bad value fails before any trial starts.
 
     `context` holds run constants (e.g. the split); a conditional parameter is checked with its parents
-    set to a value that activates it."""
+    set to a value that activates it. A declaration Ray Tune cannot draw (to_ray) fails here too."""
     for name, p in space.params.items():
+        to_ray(p)
         values = getattr(p, "values", None) or [getattr(p, "min_value", None), getattr(p, "max_value", None),
                                                  getattr(p, "value", None)]
         parents = {parent: allowed[0] for parent, allowed in space.conditions.get(name, []) if allowed}

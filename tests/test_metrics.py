@@ -28,3 +28,12 @@ def test_auc_matches_pair_counting_with_ties():
 def test_no_positive_predictions_gives_zero_f1_not_an_error():
     m = binary_metrics(np.array([1, 0]), np.array([0.1, 0.2]))
     assert m["precision"] == 0 and m["f1"] == 0 and m["specificity"] == 1
+
+
+def test_a_probability_equal_to_the_threshold_is_normal_as_keras_counts_it():
+    y = np.array([1, 0, 1, 0])
+    p = np.array([0.5, 0.5, 0.7, 0.3])
+    m = binary_metrics(y, p)  # Keras' metrics: positive when p > 0.5
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (1, 0, 1, 2)
+    m = binary_metrics(y, p, threshold=0.7)
+    assert m["tp"] == 0 and m["fn"] == 2

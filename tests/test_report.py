@@ -96,6 +96,18 @@ def test_run_ends_with_the_report_and_the_exported_best_model(run):
 
     evaluated = json.loads((run_dir / "evaluation.json").read_text())
     names = {e["model"] for e in evaluated}
+    assert all(e["intervals"] == analysis.CI_TEXT for e in evaluated)
+    [entry] = [e for e in evaluated if "best_minus_base" in e]  # the best trial's, paired with base
+    assert entry["trials"] == card["trials"] and entry["best_minus_base"]["base"] == "base"
+    paired = entry["best_minus_base"]["metrics"]
+    base = next(e for e in evaluated if e["model"] == "base")
+    for key, metric, at in (("f1_at_0.5", "f1", "test_at_0.5"), ("auc", "auc", "test_at_0.5"),
+                            ("f1_at_threshold", "f1", "test_at_threshold")):
+        assert paired[key]["best"] == pytest.approx(card["metrics"][at][metric], abs=1e-9)
+        assert paired[key]["base"] == pytest.approx(base["metrics"][at][metric], abs=1e-9)
+        lo, hi = paired[key]["ci95"]
+        assert lo <= paired[key]["difference"] <= hi
+        assert paired[key]["difference"] == pytest.approx(paired[key]["best"] - paired[key]["base"])
     assert {"base", "bn_aug", "bn_aug_dropout", "ensemble of 3"} <= names
     for e in evaluated:  # every model was fed at the input size it was trained at
         assert len(e["trials"]) == len(e["image_sizes"])
@@ -114,11 +126,17 @@ def test_html_is_self_contained_and_names_everything(run):
     for name in ("base", "bn_aug", "bn_aug_dropout", "source report", "0.9686", "0.9555", "target-distribution split",
                  "chosen on the validation part (target distribution)", "Layer (type)", "ensemble of 3",
                  OBJECTIVE_TEXT, "In-distribution vs target distribution", "AUC gap (holdout - test)",
-                 "Holdout AUC against validation AUC"):
+                 "Holdout AUC against validation AUC", "resamples of the test patients"):
         assert name in text and name in markdown, name
     assert "figures/shift.png" in markdown and "No shift is measured" not in text
+    [best] = [e for e in json.loads((run_dir / "evaluation.json").read_text()) if "best_minus_base" in e]
+    vs_base = "the base model itself" if best["model"] == "base" else f"{best['model']} minus the base model"
+    assert vs_base in markdown and vs_base in text
     trials = pd.read_csv(run_dir / "trials.csv", keep_default_na=False)
-    for _, t in trials[trials["status"] == "failed"].iterrows():
+    kernel7 = trials["cfg_kernel_size"].astype(str) == "7"  # kernel 7 does not fit 32-40 px inputs
+    assert ((trials["status"] == "failed") == kernel7).all()  # those trials failed, and only those
+    assert f"Failed trials: {int(kernel7.sum())}" in markdown
+    for _, t in trials[kernel7].iterrows():
         assert t["trial"] in text and "do not fit" in t["error"]
     for ref in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (run_dir / ref).is_file(), ref

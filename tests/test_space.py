@@ -1,3 +1,4 @@
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -44,6 +45,56 @@ def test_keras_tuner_declarations_become_ray_domains_with_the_same_bounds(declar
         assert min(drawn) == low and max(drawn) == high
 
 
+def grid_values(domain):
+    """A domain's values rounded to 9 digits, and its Ray type: (domain class, sampler class, q)."""
+    sampler = domain.get_sampler()
+    inner = getattr(sampler, "sampler", sampler)
+    kind = (type(domain).__name__, type(inner).__name__, getattr(sampler, "q", None))
+    return set(np.round(sample(domain), 9).tolist()), kind
+
+
+@pytest.mark.parametrize("declaration, values, kind", [
+    # stepped ranges on a multiple of the step keep their order for TPE: Ray's quantised domains
+    (lambda hp: hp.Int("filters", 16, 64, step=16), {16, 32, 48, 64}, ("Integer", "_Uniform", 16)),
+    (lambda hp: hp.Int("image_size", 96, 230, step=32), {96, 128, 160, 192, 224}, ("Integer", "_Uniform", 32)),
+    (lambda hp: hp.Int("conv_blocks", 2, 5), {2, 3, 4, 5}, ("Integer", "_Uniform", None)),
+    (lambda hp: hp.Float("dropout", 0.0, 0.6, step=0.1), {0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6},
+     ("Float", "_Uniform", 0.1)),
+    (lambda hp: hp.Float("aug_zoom", 0.05, 0.3, step=0.05), {0.05, 0.1, 0.15, 0.2, 0.25, 0.3},
+     ("Float", "_Uniform", 0.05)),
+    (lambda hp: hp.Float("aug_shift", 0.0, 0.33, step=0.1), {0.0, 0.1, 0.2, 0.3}, ("Float", "_Uniform", 0.1)),
+    # keras-tuner's grid min + k*step off the multiples of step: exactly its values, as a choice
+    (lambda hp: hp.Int("filters", 10, 20, step=4), {10, 14, 18}, ("Categorical", "_Uniform", None)),
+    (lambda hp: hp.Float("aug_zoom", 0.05, 0.3, step=0.1), {0.05, 0.15, 0.25}, ("Categorical", "_Uniform", None)),
+    # log sampling with a step: keras-tuner's step is a factor between values (min * step**k)
+    (lambda hp: hp.Int("dense_units", 32, 512, step=2, sampling="log"), {32, 64, 128, 256, 512},
+     ("Categorical", "_Uniform", None)),
+    (lambda hp: hp.Float("learning_rate", 1e-4, 1e-2, step=10, sampling="log"), {1e-4, 1e-3, 1e-2},
+     ("Categorical", "_Uniform", None)),
+])
+def test_stepped_ranges_keep_keras_tuners_grid_and_both_ends(declaration, values, kind):
+    param = declare(declaration)
+    domain = space.to_ray(param)
+    drawn, got = grid_values(domain)
+    assert got == kind and drawn == values  # every grid value drawn, both ends included, nothing else
+    raw = sample(domain)
+    lo, hi, step = param.min_value, param.max_value, param.step
+    assert all(lo <= v <= hi for v in raw)
+    if param.sampling == "linear":
+        assert all(abs((v - lo) / step - round((v - lo) / step)) < 1e-9 for v in raw)  # on min + k*step
+    again = pickle.loads(pickle.dumps(domain))  # as Ray's experiment state keeps it for `resume`
+    assert grid_values(again) == (drawn, got)
+
+
+@pytest.mark.parametrize("declaration", [
+    lambda hp: hp.Float("learning_rate", 1e-4, 1e-2, sampling="reverse_log"),
+    lambda hp: hp.Int("dense_units", 32, 512, sampling="reverse_log"),
+])
+def test_reverse_log_sampling_is_refused_not_drawn_linearly(declaration):
+    with pytest.raises(UserError, match=r"(learning_rate|dense_units): .*reverse_log.* use sampling='log'"):
+        space.to_ray(declare(declaration))
+
+
 def test_conditions_switch_children_off_with_their_parent():
     conditions = {"aug_zoom": [("augment", [True])], "aug_shift": [("aug_zoom", [0.1])]}
     assert space.active({"augment": False, "aug_zoom": 0.1, "aug_shift": 0.2}, conditions) == {"augment": False}
@@ -70,6 +121,9 @@ def write_space(tmp_path, body):
     ("import keras_tuner as kt\nhp = kt.HyperParameters()\nhp.Float('learning_rate', 0.0, 0.1, sampling='log')\n",
      r"line 3 raised ValueError: .*sampling='log' does not support"),
     ("hp = {'dropout': 0.5}\n", "hp in .* must be a keras_tuner.HyperParameters"),
+    ("import keras_tuner as kt\nhp = kt.HyperParameters()\n"
+     "hp.Float('learning_rate', 1e-4, 1e-2, sampling='reverse_log')\n",
+     r"learning_rate: Float with sampling='reverse_log' has no Ray Tune equivalent"),
     ("raise RuntimeError('oops')\n", r"myspace.py, line 1 raised RuntimeError: oops"),
     ("SETTINGS = {'reduction_factor': 1}\n", r"SETTINGS of .*myspace.py: reduction_factor must be at least 2"),
 ])

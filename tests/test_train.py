@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from lungsearch.config import TrialConfig, UserError
+from lungsearch.metrics import binary_metrics
 from lungsearch.train import EpochReporter, MixUpBatches, class_weights, compile_model, optimizer, run_trial
 
 
@@ -100,15 +101,34 @@ def test_class_weights_balance_the_classes():
     assert w[0] * 1 == pytest.approx(w[1] * 3)
 
 
-def test_mixed_precision_trains_with_a_float32_output(dataset, cache_dir):
+def test_mixed_precision_trains_with_a_float32_output(dataset, cache_dir, tmp_path):
     rows = []
     try:
         run_trial(tiny(dataset, cache_dir, max_epochs=1, mixed_precision=True, augment=True, batchnorm=True),
-                  rows.append)
-        assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"
+                  rows.append, checkpoint_dir=tmp_path)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     assert np.isfinite(rows[-1]["loss"]) and 0 <= rows[-1]["test_f1"] <= 1
+    model = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)  # the trained model, as saved
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(c.compute_dtype == "bfloat16" and c.variable_dtype == "float32" for c in convs)
+    assert all(c.output.dtype == "bfloat16" for c in convs)
+    out = model.predict(np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32), verbose=0)
+    assert model.output.dtype == "float32" and out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_keras_training_metrics_count_exactly_as_binary_metrics():
+    """The metrics compile_model gives Keras (reported while training) and binary_metrics (validation, test,
+    the report) call the same images positive, probabilities of exactly 0.5 included."""
+    y = np.array([1, 0, 1, 0, 1, 0, 1, 1], "float32")
+    p = np.array([0.5, 0.5, 0.5, 0.2, 0.9, 0.7, 0.1, 0.6], "float32")
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Identity()])  # outputs its input: p
+    compile_model(model, TrialConfig())
+    got = model.evaluate(p[:, None], y[:, None], batch_size=len(y), verbose=0, return_dict=True)
+    exact = binary_metrics(y, p)
+    assert (exact["tp"], exact["fp"]) == (2, 1)  # the three 0.5s are NORMAL
+    for k in ("accuracy", "precision", "recall", "f1"):
+        assert got[k] == pytest.approx(exact[k], abs=1e-6), k
 
 
 def test_mixup_blends_images_labels_and_class_weights_alike():
