@@ -70,26 +70,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.command == "run":
-            from .run import run_search
-
-            run_dir = run_search(
-                args.space, args.data, args.results, smoke=args.smoke, address=args.address,
-                split=args.split, image_size=args.image_size, max_epochs=args.max_epochs,
-                num_samples=args.num_samples, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
-                gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-                max_failures=args.max_failures, searcher=args.searcher, fixed_points=args.fixed_points,
-            )
-            report_quietly(run_dir)
-            print(run_dir)
-            return 0
-        if args.command == "resume":
-            from .run import resume_search
-
-            run_dir = resume_search(args.run_dir, args.address)
-            report_quietly(run_dir)
-            print(run_dir)
-            return 0
+        if args.command in ("run", "resume"):
+            return search(args)
         if args.command == "report":
             from .report import write_report
 
@@ -119,12 +101,44 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def report_quietly(run_dir) -> None:
-    """The report at the end of a search; if it fails, say so and carry on (the run folder is complete)."""
+def search(args: argparse.Namespace) -> int:
+    """`run` and `resume`. Exit status 0 only when the search finished and its report was written; then the
+    last line of stdout is the run folder. Interrupted: 130 (resume finishes it); every trial failed, or the
+    report failed: 1; a user error: 2 (main). The reason goes to stderr."""
+    from .run import SearchIncomplete, resume_search, run_search
+
+    try:
+        if args.command == "run":
+            run_dir = run_search(
+                args.space, args.data, args.results, smoke=args.smoke, address=args.address,
+                split=args.split, image_size=args.image_size, max_epochs=args.max_epochs,
+                num_samples=args.num_samples, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
+                gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+                max_failures=args.max_failures, searcher=args.searcher, fixed_points=args.fixed_points,
+            )
+        else:
+            run_dir = resume_search(args.run_dir, args.address)
+    except SearchIncomplete as err:
+        print(err, file=sys.stderr, flush=True)
+        return err.exit_code
+    except KeyboardInterrupt:  # before the search started: no run folder was left behind
+        print("interrupted before the search started: nothing to resume", file=sys.stderr, flush=True)
+        return 130
+    if not report_quietly(run_dir):
+        return 1
+    print(run_dir)
+    return 0
+
+
+def report_quietly(run_dir) -> bool:
+    """The report at the end of a search; if it fails, say so and how to retry it (the search's results are
+    saved), and return False: `run` then exits 1."""
     try:
         from .report import write_report
 
         write_report(run_dir)
+        return True
     except Exception as err:  # noqa: BLE001  the search's results are already saved
-        print(f"warning: the report for {run_dir} failed ({type(err).__name__}: {err}); the run's results are "
-              f"saved; retry with `python -m lungsearch report {run_dir}`", file=sys.stderr)
+        print(f"warning: the report for {run_dir} failed ({type(err).__name__}: {err}); the search's results are "
+              f"saved in {run_dir}; retry the report with `python -m lungsearch report {run_dir}`", file=sys.stderr)
+        return False

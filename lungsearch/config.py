@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 
 class UserError(Exception):
@@ -80,42 +81,12 @@ class TrialConfig:
     fixed_point: str = ""  # name of the report model this trial reproduces, empty for sampled trials
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.conv_blocks >= 1, "conv_blocks", "at least 1"),
-            (self.filters >= 1, "filters", "at least 1"),
-            (self.filter_growth > 0, "filter_growth", "above 0"),
-            (self.kernel_size in (1, 3, 5, 7), "kernel_size", "one of 1, 3, 5, 7"),
-            (self.pooling in ("max", "avg"), "pooling", "'max' or 'avg'"),
-            (self.head in ("flatten", "gap"), "head", "'flatten' or 'gap'"),
-            (self.padding in ("valid", "same"), "padding", "'valid' or 'same'"),
-            (self.dense_units >= 1, "dense_units", "at least 1"),
-            (0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)"),
-            (self.image_size >= 16, "image_size", "at least 16"),
-            (self.learning_rate > 0, "learning_rate", "above 0"),
-            (self.batch_size >= 1, "batch_size", "at least 1"),
-            (self.max_epochs >= 1, "max_epochs", "at least 1"),
-            (self.patience >= 1, "patience", "at least 1"),
-            (self.split in SPLITS, "split", f"one of {', '.join(SPLITS)}"),
-            (self.data_limit >= 0, "data_limit", "0 or more"),
-            (0.0 <= self.aug_brightness <= 1.0, "aug_brightness", "in [0, 1]"),
-            (0.0 <= self.aug_contrast < 1.0, "aug_contrast", "in [0, 1)"),
-            (0.0 <= self.aug_gamma <= 2.0, "aug_gamma", "in [0, 2]"),
-            (0.0 <= self.aug_noise <= 1.0, "aug_noise", "in [0, 1]"),
-            (self.normalize in NORMALIZATIONS, "normalize", f"one of {', '.join(NORMALIZATIONS)}"),
-            (self.optimizer in ("adam", "adamw"), "optimizer", "'adam' or 'adamw'"),
-            (self.weight_decay >= 0.0, "weight_decay", "0 or more"),
-            (self.weight_decay == 0.0 or self.optimizer == "adamw", "weight_decay",
+        validate(self, TRIAL_RULES, [
+            (lambda c: c.weight_decay == 0.0 or c.optimizer == "adamw", "weight_decay",
              "0 unless optimizer is 'adamw' (Adam has no decoupled weight decay)"),
-            (self.lr_schedule in ("constant", "cosine", "plateau"), "lr_schedule", "'constant', 'cosine' or 'plateau'"),
-            (0.0 <= self.label_smoothing < 0.5, "label_smoothing", "in [0, 0.5)"),
-            (self.mixup >= 0.0, "mixup", "0 (off) or more"),
-            (self.early_stop_on in ("val", "holdout"), "early_stop_on", "'val' or 'holdout'"),
-            (self.early_stop_on == "val" or self.split == "target", "early_stop_on",
+            (lambda c: c.early_stop_on == "val" or c.split == "target", "early_stop_on",
              "'val' unless split is 'target' (only the target split has an in-distribution holdout)"),
-        ]
-        for ok, key, expected in checks:
-            if not ok:
-                raise UserError(f"{key} must be {expected}, got {getattr(self, key)!r}")
+        ])
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrialConfig":
@@ -141,14 +112,19 @@ def unknown_key_message(key: str) -> str:
     return f"unknown parameter {key!r}{hint}; known parameters: {', '.join(sorted(field_names()))}"
 
 
+TYPE_TEXT = {"int": "a int (a whole number)", "float": "a float (a finite number)",
+             "bool": "a bool (True or False)", "str": "a str"}
+
+
 def coerce(key: str, value: Any, type_name: str) -> Any:
-    """Turn numpy scalars and ints-for-floats into the declared type; reject the rest."""
-    if hasattr(value, "item"):  # numpy scalar from a search algorithm
+    """Turn numpy scalars and ints-for-floats into the declared type; reject the rest (a str for a number, a
+    float with a fractional part for an int, a bool for a number, inf or nan)."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalar from a search algorithm
         value = value.item()
     if type_name == "bool":
         if isinstance(value, bool):
             return value
-        if value in (0, 1):
+        if isinstance(value, (int, float)) and value in (0, 1):
             return bool(value)
     elif type_name == "int":
         if isinstance(value, int) and not isinstance(value, bool):
@@ -156,12 +132,103 @@ def coerce(key: str, value: Any, type_name: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif type_name == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif type_name == "str":
         if isinstance(value, str):
             return value
-    raise UserError(f"{key} must be a {type_name}, got {value!r}")
+    raise InvalidValue(key, value, TYPE_TEXT.get(type_name, f"a {type_name}"))
+
+
+class InvalidValue(UserError):
+    """A field of TrialConfig or SearchSettings with a value outside its type or range. `key`, `value` and
+    `expected` let a caller name where the value came from (a flag, a space file's SETTINGS)."""
+
+    def __init__(self, key: str, value: Any, expected: str, name: str | None = None):
+        self.key, self.value, self.expected = key, value, expected
+        super().__init__(f"{name or key} must be {expected}, got {value!r}")
+
+
+Rule = tuple[Callable[[Any], bool], str]  # (test of the value, the allowed values in words)
+
+
+def at_least(n: float) -> Rule:
+    return (lambda v: v >= n), f"at least {n:g}"
+
+
+def one_of(*values: str) -> Rule:
+    quoted = [repr(v) for v in values]
+    return (lambda v: v in values), f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+# Rules for the fields TrialConfig and SearchSettings share: the same key allows the same values in both.
+COMMON_RULES: dict[str, Rule] = {
+    "max_epochs": at_least(1),
+    "patience": at_least(1),
+    "image_size": at_least(16),
+    "data_limit": ((lambda v: v >= 0), "0 (all) or more"),
+    "seed": ((lambda v: 0 <= v < 2 ** 32), "in [0, 2**32)"),
+}
+
+TRIAL_RULES: dict[str, Rule] = {
+    **COMMON_RULES,
+    "conv_blocks": at_least(1),
+    "filters": at_least(1),
+    "filter_growth": ((lambda v: v > 0), "above 0"),
+    "kernel_size": ((lambda v: v in (1, 3, 5, 7)), "one of 1, 3, 5, 7"),
+    "pooling": one_of("max", "avg"),
+    "head": one_of("flatten", "gap"),
+    "padding": one_of("valid", "same"),
+    "dense_units": at_least(1),
+    "dropout": ((lambda v: 0.0 <= v < 1.0), "in [0, 1)"),
+    "learning_rate": ((lambda v: v > 0), "above 0"),
+    "batch_size": at_least(1),
+    "split": ((lambda v: v in SPLITS), f"one of {', '.join(SPLITS)}"),
+    "aug_brightness": ((lambda v: 0.0 <= v <= 1.0), "in [0, 1]"),
+    "aug_contrast": ((lambda v: 0.0 <= v < 1.0), "in [0, 1)"),
+    "aug_gamma": ((lambda v: 0.0 <= v <= 2.0), "in [0, 2]"),
+    "aug_noise": ((lambda v: 0.0 <= v <= 1.0), "in [0, 1]"),
+    "normalize": ((lambda v: v in NORMALIZATIONS), f"one of {', '.join(NORMALIZATIONS)}"),
+    "optimizer": one_of("adam", "adamw"),
+    "weight_decay": ((lambda v: v >= 0.0), "0 or more"),
+    "lr_schedule": one_of("constant", "cosine", "plateau"),
+    "label_smoothing": ((lambda v: 0.0 <= v < 0.5), "in [0, 0.5)"),
+    "mixup": ((lambda v: v >= 0.0), "0 (off) or more"),
+    "early_stop_on": one_of("val", "holdout"),
+}
+
+SETTINGS_RULES: dict[str, Rule] = {
+    **COMMON_RULES,
+    "num_samples": ((lambda v: v >= 0), "0 or more"),
+    "split": ((lambda v: v in SEARCH_SPLITS), f"one of {', '.join(SEARCH_SPLITS)}"),
+    "grace_period": at_least(1),
+    "reduction_factor": at_least(2),
+    "searcher": one_of("random", "tpe"),
+    "cpus_per_trial": ((lambda v: v >= 0), "0 (automatic) or more"),
+    "gpus_per_trial": ((lambda v: v == -1 or v >= 0), "-1 (automatic: one per trial where there are GPUs), 0 or more"),
+    "max_concurrent": ((lambda v: v >= 0), "0 (as many as resources allow) or more"),
+    "max_failures": ((lambda v: v >= 0), "0 or more"),
+    "keep_checkpoints": ((lambda v: v >= 0), "0 or more"),
+}
+
+
+def validate(obj: Any, rules: dict[str, Rule], relations: list[tuple[Callable[[Any], bool], str, str]] = ()) -> None:
+    """The one check of TrialConfig and SearchSettings (from __post_init__): each field's type, coercing numpy
+    scalars, whole floats for ints and ints for floats in place; then each field's range; then `relations`
+    between fields, as (test of the object, key, allowed values in words). Raises InvalidValue."""
+    for f in dataclasses.fields(obj):
+        try:
+            object.__setattr__(obj, f.name, coerce(f.name, getattr(obj, f.name), f.type))
+        except InvalidValue as err:
+            if f.name not in rules:
+                raise
+            raise InvalidValue(f.name, err.value, f"{err.expected}, {rules[f.name][1]}") from None
+    for key, (ok, expected) in rules.items():
+        if not ok(getattr(obj, key)):
+            raise InvalidValue(key, getattr(obj, key), expected)
+    for ok, key, expected in relations:
+        if not ok(obj):
+            raise InvalidValue(key, getattr(obj, key), expected)
 
 
 # The report's three models, as changes to the defaults. The report does not give its Dropout rate; 0.5 is
@@ -195,21 +262,7 @@ class SearchSettings:
     keep_checkpoints: int = 5  # saved models of the best sampled trials (fixed points are always kept)
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.num_samples >= 0, "num_samples", "0 or more"),
-            (self.max_epochs >= 1, "max_epochs", "at least 1"),
-            (self.image_size >= 16, "image_size", "at least 16"),
-            (self.split in SEARCH_SPLITS, "split", f"one of {', '.join(SEARCH_SPLITS)}"),
-            (1 <= self.grace_period, "grace_period", "at least 1"),
-            (self.reduction_factor >= 2, "reduction_factor", "at least 2"),
-            (self.searcher in ("random", "tpe"), "searcher", "'random' or 'tpe'"),
-            (self.cpus_per_trial >= 0, "cpus_per_trial", "0 (automatic) or more"),
-            (self.max_failures >= 0, "max_failures", "0 or more"),
-            (self.keep_checkpoints >= 0, "keep_checkpoints", "0 or more"),
-        ]
-        for ok, key, expected in checks:
-            if not ok:
-                raise UserError(f"{key} must be {expected}, got {getattr(self, key)!r}")
+        validate(self, SETTINGS_RULES)
 
     def replace(self, **changes: Any) -> "SearchSettings":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

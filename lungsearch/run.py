@@ -6,7 +6,11 @@ import importlib.util
 import logging
 import os
 import pickle
+import shutil
+import signal
+import socket
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,10 +22,22 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, Searcher
 
 from . import data, space as spaces, store
-from .config import FIXED_POINTS, OBJECTIVE, OBJECTIVE_MODE, OBJECTIVE_TEXT, SMOKE, SearchSettings, TrialConfig, UserError
+from .config import (FIXED_POINTS, OBJECTIVE, OBJECTIVE_MODE, OBJECTIVE_TEXT, SMOKE, InvalidValue, SearchSettings,
+                     TrialConfig, UserError)
 
 ENV_PASSED = ("KERAS_BACKEND", "XLA_PYTHON_CLIENT_PREALLOCATE", "TF_FORCE_GPU_ALLOW_GROWTH", "TF_CPP_MIN_LOG_LEVEL",
               "LUNGSEARCH_CACHE")
+PROBE_TIMEOUT_S = 5.0  # a cluster's GCS port must accept a connection this fast
+CONNECT_TIMEOUT_S = 120.0  # ray.init on a cluster (LUNGSEARCH_CONNECT_TIMEOUT_S): Ray itself retries forever
+
+
+class SearchIncomplete(Exception):
+    """A search that ended without finishing: interrupted (exit status 130) or every trial failed (1). The
+    message says what happened and what to run next."""
+
+    def __init__(self, message: str, exit_code: int, run_dir: Path | None = None):
+        super().__init__(message)
+        self.exit_code, self.run_dir = exit_code, run_dir
 
 
 class FixedPointASHA(AsyncHyperBandScheduler):
@@ -106,11 +122,33 @@ def trial_name(trial) -> str:
     return f"{trial.config.get('fixed_point') or 'trial'}_{trial.trial_id}"
 
 
+def flag(key: str) -> str:
+    return "--no-fixed-points" if key == "fixed_points" else "--" + key.replace("_", "-")
+
+
 def resolve_settings(space: spaces.Space, overrides: dict[str, Any], smoke: bool) -> SearchSettings:
-    settings = SearchSettings(**space.settings)
+    """The space file's SETTINGS, then --smoke, then the flags; a bad value names the flag or the file."""
+    try:
+        settings = SearchSettings(**space.settings)
+    except UserError as err:
+        raise UserError(f"SETTINGS of {space.path}: {err}") from None
     if smoke:
         settings = settings.replace(**SMOKE, num_samples=min(settings.num_samples, 8))
-    settings = settings.replace(**overrides)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = settings.replace(**given)
+    except InvalidValue as err:
+        if err.key not in given:
+            raise
+        raise UserError(f"{flag(err.key)} must be {err.expected}, got {err.value!r}") from None
+    if settings.num_samples == 0 and not settings.fixed_points:
+        def source(key: str, value: Any) -> str:
+            if key in given:
+                return "--no-fixed-points" if key == "fixed_points" else f"{flag(key)} {value}"
+            return f"{key}: {value!r} in SETTINGS of {space.path}" if key in space.settings else f"the default {key} {value!r}"
+        raise UserError(f"nothing to run: no sampled trials ({source('num_samples', 0)}) and no fixed points "
+                        f"({source('fixed_points', False)}); pass --num-samples N (1 or more) or keep the report's "
+                        f"three models (drop --no-fixed-points)")
     if settings.searcher == "tpe" and importlib.util.find_spec("optuna") is None:
         raise UserError('--searcher tpe needs Optuna: pip install -e ".[tpe]"')
     return settings
@@ -125,13 +163,129 @@ def data_dir_from(arg: str | None) -> Path:
     return Path(value).expanduser().resolve()
 
 
-def resources(settings: SearchSettings) -> dict[str, float]:
-    """CPUs and GPUs per trial: one GPU each where the cluster has GPUs, else two CPUs (TensorFlow's sweet spot)."""
-    cluster = ray.cluster_resources()
-    gpus = settings.gpus_per_trial if settings.gpus_per_trial >= 0 else (1.0 if cluster.get("GPU", 0) else 0.0)
-    cpus = settings.cpus_per_trial or (min(4.0, max(1.0, cluster.get("CPU", 1) // max(cluster.get("GPU", 1), 1)))
-                                       if gpus else min(2.0, cluster.get("CPU", 1)))
+def resources(settings: SearchSettings, nodes: list[dict[str, float]] | None = None) -> dict[str, float]:
+    """CPUs and GPUs per trial: one GPU each where the cluster has GPUs, else two CPUs (TensorFlow's sweet spot),
+    never more than one node has. `nodes`: each live node's resources (default: the connected cluster's).
+
+    A trial runs on one node, and Ray waits forever for a request no node can hold: such a request is a
+    UserError naming the setting, the value and what the cluster has."""
+    if nodes is None:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+    def most(key: str, among: list[dict[str, float]] = nodes) -> float:
+        return max((n.get(key, 0.0) for n in among), default=0.0)
+
+    def has(key: str) -> str:
+        return (f"{sum(n.get(key, 0.0) for n in nodes):g} {key}(s) in all, at most {most(key):g} on one node "
+                f"({len(nodes)} node(s))")
+
+    gpus = settings.gpus_per_trial if settings.gpus_per_trial >= 0 else (1.0 if most("GPU") >= 1 else 0.0)
+    if gpus > most("GPU"):
+        raise UserError(f"--gpus-per-trial (gpus_per_trial) {gpus:g} asks for {gpus:g} GPU(s) per trial, but the Ray "
+                        f"cluster has {has('GPU')}, and a trial runs on one node: no trial could ever start. "
+                        f"Ask for at most {most('GPU'):g} (0: train on CPUs; -1: one GPU per trial where there are "
+                        f"GPUs)")
+    hosts = [n for n in nodes if n.get("GPU", 0.0) >= gpus]  # the nodes that can hold a trial's GPUs
+    if settings.cpus_per_trial:
+        cpus = settings.cpus_per_trial
+    elif gpus:
+        total = sum(n.get("CPU", 0.0) for n in nodes) // max(sum(n.get("GPU", 0.0) for n in nodes), 1)
+        cpus = min(4.0, max(1.0, total), most("CPU", hosts))
+    else:
+        cpus = min(2.0, most("CPU"))
+        if not cpus:
+            raise UserError(f"the Ray cluster has {has('CPU')}: no trial could start; give its nodes CPUs "
+                            f"(`ray start --num-cpus N`) or train on GPUs (--gpus-per-trial)")
+    if cpus > most("CPU", hosts):
+        where = f"at most {most('CPU', hosts):g} on a node with {gpus:g} GPU(s)" if gpus else f"{has('CPU')}"
+        raise UserError(f"--cpus-per-trial (cpus_per_trial) {cpus:g} asks for {cpus:g} CPU(s) per trial, but the Ray "
+                        f"cluster has {where}, and a trial runs on one node: no trial could ever start. Ask for "
+                        f"at most {most('CPU', hosts):g} (0: chosen from the cluster)")
     return {"cpu": cpus, "gpu": gpus}
+
+
+def address_file() -> Path:
+    """Where `ray start` records the cluster it started, which Ray's --address auto reads."""
+    try:
+        from ray._common.utils import get_ray_address_file
+
+        return Path(get_ray_address_file(None))
+    except ImportError:  # another Ray layout: the same rule
+        tmp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+        return Path(tmp) / "ray" / "ray_current_cluster"
+
+
+def cluster_address(address: str) -> str:
+    """The HOST:PORT that --address names ('auto': RAY_ADDRESS, else the cluster the last `ray start` on this
+    machine recorded), checked to accept a connection within seconds: Ray itself retries a dead address forever."""
+    found, source = address, ""
+    if address == "auto":
+        if os.environ.get("RAY_ADDRESS"):
+            found, source = os.environ["RAY_ADDRESS"], "the RAY_ADDRESS variable"
+        elif address_file().is_file() and address_file().read_text().strip():
+            found = address_file().read_text().strip()
+            source = f"{address_file()}, which the last `ray start` on this machine wrote"
+        else:
+            try:  # Ray's fallback: a running Ray instance found among this machine's processes
+                from ray._private.services import canonicalize_bootstrap_address_or_die
+
+                found, source = canonicalize_bootstrap_address_or_die("auto"), "this machine's running Ray processes"
+            except ConnectionError as err:
+                raise UserError(f"--address auto: no Ray cluster found ({err}). Start one with `ray start --head`, "
+                                f"pass --address HOST:PORT, or leave out --address to start a local Ray "
+                                f"instance") from None
+    host, sep, port = found.split("://", 1)[-1].rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        named = f"--address {address}" + (f" (from {source})" if source else "")
+        raise UserError(f"{named}: {found!r} is not HOST:PORT; pass --address auto or HOST:PORT (the address "
+                        f"`ray start --head` printed)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as err:
+        why = f"no answer within {PROBE_TIMEOUT_S:g} s" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        named = f"--address {address}" + (f" (read from {source})" if source else "")
+        stale = " That cluster has stopped (the file outlives it)." if source.startswith(str(address_file())) else ""
+        raise UserError(f"{named}: no Ray cluster answers at {host}:{port} ({why}).{stale} Start the cluster's "
+                        f"head with `ray start --head` and pass the address it prints, or leave out --address to "
+                        f"start a local Ray instance") from None
+    return found
+
+
+def connect(address: str | None) -> None:
+    """Start a private local Ray instance, or join the cluster at `address` within a bounded time."""
+    target = cluster_address(address) if address else None
+    env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
+    # Save the experiment state every second (default: every 10 s or more), so that a driver killed right
+    # after a trial finished still finds that trial finished on resume.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
+    # Without an address, always a new private instance on loopback: never one that `ray start` left running.
+    local = {} if target else {"_node_ip_address": "127.0.0.1"}
+    watchdog = None
+    if target:  # the port answered, but a port that is not a Ray cluster's would keep ray.init waiting forever
+        limit = float(os.environ.get("LUNGSEARCH_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
+        watchdog = threading.Timer(limit, gave_up_connecting, (address, target, limit))
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        ray.init(address=target or "local", include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, runtime_env={"env_vars": env}, **local)
+    except ConnectionError as err:
+        raise UserError(f"--address {address}: could not join the Ray cluster at {target}: {err}") from None
+    finally:
+        if watchdog:
+            watchdog.cancel()
+
+
+def gave_up_connecting(address: str, target: str, limit: float) -> None:
+    """ray.init blocks in Ray's C++ client and retries forever: say why and end the process (nothing was written)."""
+    print(f"error: --address {address}: {target} accepts connections but no Ray cluster answered there within "
+          f"{limit:g} s (another service on that port, a different Ray version, or an authentication token "
+          f"mismatch). Pass the address `ray start --head` printed (LUNGSEARCH_CONNECT_TIMEOUT_S sets the wait)",
+          file=sys.stderr, flush=True)
+    os._exit(2)
 
 
 def build_trials(space: spaces.Space, settings: SearchSettings, run_constants: dict[str, Any], held: list[str]):
@@ -161,10 +315,13 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
     if "://" in str(results_dir):
         raise UserError(f"--storage/--results must be a file system path every node can reach (NFS, or a bucket "
                         f"mounted with e.g. s3fs or gcsfuse), got the URI {results_dir!r}")
+    data.check_results_folder(results_dir)  # a file, a read-only folder: say so before any work
     space = spaces.load(space_path)
     spaces.check_defaults(space, {"split": "target"})  # before the data is read; again below with the real split
     settings = resolve_settings(space, overrides, smoke)
     data_dir = data_dir_from(data_arg)
+    if address:
+        cluster_address(address)  # a dead address fails in seconds, before the data is read
     cache_dir = data.default_cache_dir()
     ds, _ = data.load(data_dir, settings.image_size, cache_dir)
     requested_split = settings.split
@@ -174,9 +331,27 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
     summary = data.split_summary(ds, split, settings.split)
     print_split(summary)
 
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(results_dir).expanduser().resolve() / f"{stamp}-{space.name}{'-smoke' if smoke else ''}"
-    run_dir.mkdir(parents=True, exist_ok=False)
+    # Ray starts before the run folder exists, so a request the cluster cannot hold leaves nothing behind.
+    connect(address)
+    run_dir = None
+    try:
+        resources(settings)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(results_dir).expanduser().resolve() / f"{stamp}-{space.name}{'-smoke' if smoke else ''}"
+        run_dir.mkdir(parents=True, exist_ok=False)
+        write_run_folder(run_dir, space, settings, smoke, data_dir, cache_dir, ds, requested_split, summary)
+    except BaseException:  # a failure (or Ctrl-C) before the search: no Ray left running, no half-made run folder
+        ray.shutdown()
+        if run_dir is not None and run_dir.is_dir():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    print(f"run folder: {run_dir}", flush=True)
+    return execute(run_dir, address)
+
+
+def write_run_folder(run_dir: Path, space: spaces.Space, settings: SearchSettings, smoke: bool, data_dir: Path,
+                     cache_dir: Path, ds, requested_split: str, summary: dict) -> None:
+    """The space file and the manifest: everything `resume` and `report` need to know about the run."""
     (run_dir / "space.py").write_text(space.source)  # resume reads the space from here
     run_constants = {"data_dir": str(data_dir), "cache_dir": str(cache_dir), "split": settings.split,
                      "image_size": settings.image_size, "max_epochs": settings.max_epochs,
@@ -194,11 +369,9 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
         "python": sys.version.split()[0],
         "data": {"dir": str(data_dir), "fingerprint": ds.fingerprint, "images": len(ds.files),
                  "unreadable": ds.unreadable, "ignored_non_images": len(ds.ignored), "split": summary},
-        "started": datetime.now().isoformat(timespec="seconds"),
+        "started": datetime.now().isoformat(timespec="seconds"), "status": "running",
     }
     store.write_json(run_dir / "manifest.json", manifest)
-    print(f"run folder: {run_dir}", flush=True)
-    return execute(run_dir, address)
 
 
 def resume_search(run_dir: str | Path, address: str | None = None) -> Path:
@@ -212,21 +385,19 @@ def resume_search(run_dir: str | Path, address: str | None = None) -> Path:
 
 
 def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
-    """Start (or restore) the Tune experiment in run_dir/ray as the manifest describes, then write the tables."""
+    """Start (or restore) the Tune experiment in run_dir/ray as the manifest describes, then write the tables.
+
+    Returns the run folder when the search finished. Raises SearchIncomplete when it was interrupted (Ctrl-C:
+    the manifest's status is "interrupted", no trials.csv, resume finishes it) or when every trial failed
+    (status "failed"; trials.csv lists the errors)."""
     manifest = store.read_json(run_dir / "manifest.json")
     space = spaces.load(run_dir / "space.py")
     settings = SearchSettings(**manifest["settings"])
-    env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
-    # Save the experiment state every second (default: every 10 s or more), so that a driver killed right
-    # after a trial finished still finds that trial finished on resume.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
-    # Without an address, always a new private instance on loopback: never one that `ray start` left running.
-    local = {} if address else {"_node_ip_address": "127.0.0.1"}
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": env}, **local)
     started = time.time()
+    interrupted, results, total = False, None, None
     try:
+        if not ray.is_initialized():  # run_search connected already, to check the cluster before the run folder
+            connect(address)
         res = resources(settings)
         param_space, points = build_trials(space, settings, manifest["run_constants"], manifest["held_for_smoke"])
         total = settings.num_samples + len(points)
@@ -238,6 +409,7 @@ def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
         if restore:
             tuner = tune.Tuner.restore(str(run_dir / "ray"), trainable=fn, resume_unfinished=True,
                                        restart_errored=True)  # a trial lost with the driver or a node gets another go
+            store.write_json(run_dir / "manifest.json", {**manifest, "status": "running"})
         else:
             tuner = tune.Tuner(
                 fn,
@@ -256,19 +428,91 @@ def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
                     failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 ),
             )
-        results = tuner.fit()
-        failed = {Path(r.path).name for r in results if r.error}  # out of retries; a retried success is not here
+        with InterruptWatch() as watch:
+            results = tuner.fit()
+        interrupted = watch.interrupted
+    except KeyboardInterrupt:  # Ctrl-C before the search started, or a second one while Tune was stopping
+        interrupted = True
     finally:
         ray.shutdown()
+    wall = time.time() - started + (manifest.get("search_wall_s", 0) if restore else 0)
+    manifest.update({"search_wall_s": round(wall, 1), "resumed": manifest.get("resumed", 0) + int(restore)})
+    status = search_status(results, total, interrupted)
+    if status == "interrupted":
+        manifest.update({"status": "interrupted", "interrupted": datetime.now().isoformat(timespec="seconds")})
+        store.write_json(run_dir / "manifest.json", manifest)
+        if tune.Tuner.can_restore(str(run_dir / "ray")):
+            raise SearchIncomplete(f"interrupted: the search stopped before it finished; its trials so far are saved "
+                                   f"in {run_dir}. Finish it with `python -m lungsearch resume {run_dir}`", 130, run_dir)
+        if not restore:  # nothing of the search was saved: the folder could not be resumed, so do not leave it
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise SearchIncomplete("interrupted before the search saved any state: nothing to resume; run it again", 130)
+    failed = {Path(r.path).name for r in results if r.error}  # out of retries; a retried success is not here
     table = store.collect(run_dir, sorted(space.params), space.conditions, failed)
     kept = store.prune_checkpoints(run_dir, table, settings.keep_checkpoints)
-    wall = time.time() - started + (manifest.get("search_wall_s", 0) if restore else 0)
-    manifest.update({"finished": datetime.now().isoformat(timespec="seconds"), "search_wall_s": round(wall, 1),
-                     "resumed": manifest.get("resumed", 0) + int(restore), "checkpoints_kept": kept,
-                     **store.time_summary(table)})
+    manifest.update({"status": status, "finished": datetime.now().isoformat(timespec="seconds"),
+                     "checkpoints_kept": kept, **store.time_summary(table)})
     store.write_json(run_dir / "manifest.json", manifest)
     print_table(table, manifest)
+    if status == "failed":
+        first = str(results.errors[0]).strip().splitlines()[-1] if results.errors else "?"
+        raise SearchIncomplete(f"error: every trial failed ({len(results)} of {len(results)}), so there is no model "
+                               f"to report; the errors are in the error column of {run_dir / 'trials.csv'} (the "
+                               f"first: {first})", 1, run_dir)
     return run_dir
+
+
+def search_status(results, total: int | None, interrupted: bool) -> str:
+    """'interrupted' (stopped before every planned trial ended: resume finishes it), 'failed' (every trial
+    failed) or 'finished'. `results` is Tune's ResultGrid (None if fit() never returned)."""
+    if interrupted or results is None or total is None or len(results) < total:
+        return "interrupted"
+    if results.num_terminated + results.num_errors < len(results):  # a trial still pending or running
+        return "interrupted"
+    if len(results) and results.num_errors == len(results):
+        return "failed"
+    return "finished"
+
+
+class InterruptWatch:
+    """Whether Tune stopped a fit() on a stop signal (Ctrl-C, SIGUSR1). Tune 2.60 then stops gracefully and
+    fit() returns normally, with the running trials marked TERMINATED as though they had ended, so the result
+    alone cannot tell. Tune's handler, installed in fit(), puts back the SIGINT handler it found when the signal
+    arrives and leaves itself in place otherwise: ours being back after fit() means an interruption. A second
+    Ctrl-C reaches ours: KeyboardInterrupt, as usual. Ray's hint to call Tuner.restore is hidden (`lungsearch
+    resume` is the way back); its message that the experiment was interrupted also counts."""
+
+    def __init__(self):
+        self.seen = False
+
+    def handler(self, signum, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "has been interrupted" in text:
+            self.seen = True
+        return "Tuner.restore" not in text
+
+    def __enter__(self) -> "InterruptWatch":
+        self.previous = signal.getsignal(signal.SIGINT)
+        self.installed = threading.current_thread() is threading.main_thread()
+        if self.installed:
+            signal.signal(signal.SIGINT, self.handler)
+        logging.getLogger("ray.tune.tune").addFilter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.tune_handled = self.installed and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+        self.restored = signal.getsignal(signal.SIGINT) == self.handler
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)
+        logging.getLogger("ray.tune.tune").removeFilter(self)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.seen or (self.tune_handled and self.restored)
 
 
 class FixedPointsFirst(Searcher):

@@ -39,3 +39,41 @@ def test_settings_replace_ignores_unset_flags():
     assert s.num_samples == 4 and s.max_epochs == 7
     with pytest.raises(UserError, match="reduction_factor must be at least 2"):
         SearchSettings(reduction_factor=1)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"num_samples": "ten"}, r"num_samples must be a int \(a whole number\), 0 or more, got 'ten'"),
+    ({"num_samples": 2.5}, r"num_samples must be a int \(a whole number\), 0 or more, got 2.5"),
+    ({"num_samples": True}, r"num_samples must be a int .*got True"),  # a bool is not a number
+    ({"patience": 0}, "patience must be at least 1, got 0"),
+    ({"data_limit": -1}, r"data_limit must be 0 \(all\) or more, got -1"),
+    ({"max_concurrent": -1}, r"max_concurrent must be 0 \(as many as resources allow\) or more, got -1"),
+    ({"gpus_per_trial": -0.5}, "gpus_per_trial must be -1 .*got -0.5"),
+    ({"cpus_per_trial": float("inf")}, "cpus_per_trial must be a float .*got inf"),
+    ({"cpus_per_trial": "2"}, "cpus_per_trial must be a float"),
+    ({"fixed_points": "no"}, r"fixed_points must be a bool \(True or False\), got 'no'"),
+    ({"seed": -1}, r"seed must be in \[0, 2\*\*32\), got -1"),
+    ({"searcher": "grid"}, "searcher must be 'random' or 'tpe', got 'grid'"),
+])
+def test_search_settings_check_types_and_ranges(values, message):
+    with pytest.raises(UserError, match=message):
+        SearchSettings(**values)
+
+
+def test_trial_config_and_search_settings_allow_the_same_values_for_the_same_key():
+    for key, bad in [("patience", 0), ("max_epochs", 0), ("image_size", 8), ("data_limit", -1), ("seed", -1),
+                     ("patience", 1.5), ("max_epochs", "4")]:
+        with pytest.raises(UserError) as trial:
+            TrialConfig(**{key: bad})
+        with pytest.raises(UserError) as settings:
+            SearchSettings(**{key: bad})
+        assert str(trial.value) == str(settings.value) and str(trial.value).startswith(f"{key} must be ")
+    with pytest.raises(UserError, match="batch_size must be a int"):
+        TrialConfig(batch_size="32")  # built directly, not only through from_dict
+
+
+def test_whole_floats_numpy_scalars_and_ints_for_floats_are_accepted_as_settings():
+    s = SearchSettings(num_samples=4.0, max_concurrent=np.int64(2), cpus_per_trial=2, fixed_points=np.bool_(False))
+    assert s.num_samples == 4 and type(s.num_samples) is int and type(s.max_concurrent) is int
+    assert s.cpus_per_trial == 2.0 and type(s.cpus_per_trial) is float and s.fixed_points is False
+    assert SearchSettings(gpus_per_trial=0.25).gpus_per_trial == 0.25 and SearchSettings().gpus_per_trial == -1

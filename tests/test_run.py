@@ -1,7 +1,9 @@
 """Real searches on a local Ray instance, through the command line as a user runs them."""
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +25,7 @@ def check_run_folder(out, fixed=("base", "bn_aug", "bn_aug_dropout")):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     for key in ("space_source", "settings", "packages", "data", "search_wall_s"):
         assert key in manifest
+    assert manifest["status"] == "finished"  # what tells a script a finished run from an interrupted one
     assert manifest["data"]["fingerprint"] and manifest["data"]["split"]["parts"]["train"]["images"] > 0
     trials = pd.read_csv(run_dir / "trials.csv", keep_default_na=False)
     history = pd.read_csv(run_dir / "history.csv", keep_default_na=False)
@@ -61,3 +64,135 @@ def test_smoke_run_on_the_real_chest_xrays(tmp_path):
     assert manifest["data"]["split"]["protocol"] == "report"
     assert manifest["data"]["images"] >= 5000
     assert trials.set_index("fixed_point").loc["base", "val_f1"] > 0.7
+
+
+def write_space(tmp_path, settings: str) -> Path:
+    path = tmp_path / "myspace.py"
+    path.write_text(f'"""A test space."""\nSETTINGS = {settings}\n')
+    return path
+
+
+@pytest.mark.parametrize("settings, flags, message", [
+    ("{'patience': 0}", [], r"SETTINGS of .*myspace.py: patience must be at least 1, got 0"),
+    ("{'num_samples': 'ten'}", [], r"SETTINGS of .*myspace.py: num_samples must be a int \(a whole number\), 0 or "
+                                   r"more, got 'ten'"),
+    ("{'num_samples': 2.5}", [], r"SETTINGS of .*myspace.py: num_samples must be a int .*got 2.5"),
+    ("{'max_concurrent': -1}", [], r"SETTINGS of .*myspace.py: max_concurrent must be 0"),
+    ("{}", ["--max-concurrent", "-1"], r"--max-concurrent must be 0 \(as many as resources allow\) or more, got -1"),
+    ("{}", ["--gpus-per-trial", "-3"], r"--gpus-per-trial must be -1 .*got -3.0"),
+    ("{}", ["--num-samples", "0", "--no-fixed-points"],
+     r"nothing to run: no sampled trials \(--num-samples 0\) and no fixed points \(--no-fixed-points\)"),
+    ("{'fixed_points': False}", [],
+     r"nothing to run: .*\(the default num_samples 0\).*\(fixed_points: False in SETTINGS of .*myspace.py\)"),
+])
+def test_bad_settings_fail_before_ray_naming_the_file_or_flag(tmp_path, capsys, settings, flags, message):
+    from lungsearch import cli
+
+    space = write_space(tmp_path, settings)
+    assert cli.main(["run", str(space), "--data", str(tmp_path), "--results", str(tmp_path / "results"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err and not (tmp_path / "results").exists()
+
+
+def test_dead_cluster_addresses_fail_in_seconds_without_a_run_folder(tmp_path, capsys, monkeypatch):
+    from lungsearch import cli
+
+    args = ["run", "spaces/report.py", "--data", str(tmp_path), "--results", str(tmp_path / "results")]
+    started = time.time()
+    assert cli.main([*args, "--address", "127.0.0.1:1"]) == 2
+    assert "--address 127.0.0.1:1: no Ray cluster answers at 127.0.0.1:1" in capsys.readouterr().err
+    # `--address auto` reads the address file the last `ray start` wrote; the cluster it names is gone
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
+    stale = tmp_path / "tmp" / "ray" / "ray_current_cluster"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("127.0.0.1:1")
+    assert cli.main([*args, "--address", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert f"--address auto (read from {stale}" in err and "no Ray cluster answers at 127.0.0.1:1" in err
+    assert "That cluster has stopped" in err
+    assert cli.main([*args, "--address", "head-node"]) == 2
+    assert "'head-node' is not HOST:PORT" in capsys.readouterr().err
+    assert time.time() - started < 60 and not (tmp_path / "results").exists()
+
+
+def test_a_trial_request_no_node_can_hold_is_refused():
+    from lungsearch.config import SearchSettings, UserError
+    from lungsearch.run import resources
+
+    laptop = [{"CPU": 2.0, "memory": 1e9}]
+    assert resources(SearchSettings(), laptop) == {"cpu": 2.0, "gpu": 0.0}
+    with pytest.raises(UserError, match=r"--gpus-per-trial \(gpus_per_trial\) 2 asks for 2 GPU\(s\) per trial, but "
+                                        r"the Ray cluster has 0 GPU\(s\) in all, at most 0 on one node"):
+        resources(SearchSettings(gpus_per_trial=2), laptop)
+    with pytest.raises(UserError, match=r"--cpus-per-trial \(cpus_per_trial\) 64 asks for 64 CPU\(s\) .*2 CPU\(s\) "
+                                        r"in all, at most 2 on one node"):
+        resources(SearchSettings(cpus_per_trial=64), laptop)
+    # a CPU-less head and two 1-CPU workers: the automatic choice fits a node (it used to ask for 2 and wait forever)
+    cluster = [{"CPU": 0.0}, {"CPU": 1.0}, {"CPU": 1.0}]
+    assert resources(SearchSettings(), cluster) == {"cpu": 1.0, "gpu": 0.0}
+    with pytest.raises(UserError, match="2 CPU"):
+        resources(SearchSettings(cpus_per_trial=2), cluster)
+    gpus = [{"CPU": 32.0}, {"CPU": 8.0, "GPU": 2.0}]
+    assert resources(SearchSettings(), gpus) == {"cpu": 4.0, "gpu": 1.0}
+    assert resources(SearchSettings(gpus_per_trial=0.25), gpus) == {"cpu": 4.0, "gpu": 0.25}
+    assert resources(SearchSettings(gpus_per_trial=2), gpus) == {"cpu": 4.0, "gpu": 2.0}
+    with pytest.raises(UserError, match=r"12 CPU\(s\) per trial, but the Ray cluster has at most 8 on a node with 1 GPU"):
+        resources(SearchSettings(cpus_per_trial=12, gpus_per_trial=1), gpus)
+    with pytest.raises(UserError, match="at most 2 on one node"):
+        resources(SearchSettings(gpus_per_trial=3), gpus)
+
+
+def test_more_gpus_than_the_machine_has_fails_before_the_run_folder(dataset, cache_dir, tmp_path):
+    out = lungsearch("run", "spaces/report.py", "--data", dataset, "--smoke", "--gpus-per-trial", 64,
+                     "--results", tmp_path / "results", timeout=300)
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "--gpus-per-trial (gpus_per_trial) 64 asks for 64 GPU(s) per trial, but the Ray cluster has" in out.stderr
+    assert not list((tmp_path / "results").glob("*"))
+
+
+class Grid(list):
+    """What search_status reads of Tune's ResultGrid."""
+
+    def __init__(self, terminated: int, errors: int, other: int = 0):
+        super().__init__(range(terminated + errors + other))
+        self.num_terminated, self.num_errors = terminated, errors
+
+
+def test_search_status_tells_finished_from_interrupted_and_all_failed():
+    from lungsearch.run import search_status
+
+    assert search_status(Grid(3, 1), 4, interrupted=False) == "finished"  # some failed: still finished
+    assert search_status(Grid(3, 1), 4, interrupted=True) == "interrupted"  # Ctrl-C: Tune marks running trials ended
+    assert search_status(Grid(2, 0), 4, interrupted=False) == "interrupted"  # trials never started
+    assert search_status(Grid(2, 0, other=2), 4, interrupted=False) == "interrupted"  # pending or running
+    assert search_status(None, None, interrupted=True) == "interrupted"  # Ctrl-C before fit() returned
+    assert search_status(Grid(0, 4), 4, interrupted=False) == "failed"
+
+
+def test_run_exits_0_only_with_a_finished_search_and_its_report(tmp_path, capsys, monkeypatch):
+    from lungsearch import cli, run
+
+    args = ["run", "spaces/report.py", "--data", str(tmp_path)]
+    monkeypatch.setattr(run, "run_search", lambda *a, **k: tmp_path)  # finished, but the report cannot be written
+    assert cli.main(args) == 1
+    out, err = capsys.readouterr()
+    assert f"retry the report with `python -m lungsearch report {tmp_path}`" in err and str(tmp_path) not in out
+
+    def stop(code, message):
+        def fake(*a, **k):
+            raise run.SearchIncomplete(message, code, tmp_path)
+        return fake
+
+    monkeypatch.setattr(run, "run_search", stop(130, f"interrupted: finish it with `python -m lungsearch resume {tmp_path}`"))
+    assert cli.main(args) == 130
+    out, err = capsys.readouterr()
+    assert f"python -m lungsearch resume {tmp_path}" in err and not out.strip().endswith(str(tmp_path))
+    monkeypatch.setattr(run, "resume_search", stop(1, "error: every trial failed"))
+    assert cli.main(["resume", str(tmp_path)]) == 1 and "every trial failed" in capsys.readouterr().err
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run, "run_search", ctrl_c)
+    assert cli.main(args) == 130 and "interrupted" in capsys.readouterr().err

@@ -33,7 +33,7 @@ def test_asha_stops_sampled_trials_keeps_fixed_points_and_records_failures(tmp_p
     space_file.write_text(SPACE % (8, 0))
     out = lungsearch("run", space_file, "--data", dataset, "--smoke", "--results", tmp_path / "results")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "of 11 |" in out.stdout and "best val F1" in out.stdout  # progress lines
+    assert "of 11 |" in out.stdout and "best val AUC" in out.stdout  # progress lines
     run_dir = Path(out.stdout.strip().splitlines()[-1])
     trials = pd.read_csv(run_dir / "trials.csv", keep_default_na=False)
     assert len(trials) == 11
@@ -99,3 +99,25 @@ def kill_driver_then_resume(tmp_path, dataset, extra=()):
 
 def test_resume_after_the_driver_is_killed_finishes_without_rerunning(tmp_path, dataset, cache_dir):
     kill_driver_then_resume(tmp_path, dataset)
+
+
+def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path, dataset, cache_dir):
+    """Ctrl-C stops Tune gracefully and fit() returns normally: the run must still not look finished."""
+    results = tmp_path / "results"
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        driver = subprocess.Popen([sys.executable, "-m", "lungsearch", "run", "spaces/report.py", "--data",
+                                   str(dataset), "--smoke", "--max-epochs", "1", "--results", str(results)],
+                                  cwd=REPO, stdout=out, stderr=err, text=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and driver.poll() is None and "of 3 |" not in (tmp_path / "out").read_text():
+            time.sleep(0.2)  # until the search runs: the first progress line
+        driver.send_signal(signal.SIGINT)
+        driver.wait(timeout=300)
+    stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    assert driver.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    [run_dir] = results.iterdir()
+    assert f"python -m lungsearch resume {run_dir}" in stderr and "Tuner.restore" not in stdout + stderr
+    assert stdout.strip().splitlines()[-1] != str(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and "finished" not in manifest
+    assert not (run_dir / "trials.csv").exists()  # `report` says the search did not finish
