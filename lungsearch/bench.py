@@ -62,7 +62,7 @@ def trial_startup(data_dir: Path, image_size: int, limit: int) -> float:
 def trials_per_hour(data_dir: Path, trials: int = 4) -> tuple[float, float]:
     """Run a small smoke search through Ray (sampled trials only, 2 epochs) and count trials per hour of
     its search wall time (Ray start to last trial, as the run's manifest records it)."""
-    space = Path(__file__).resolve().parents[1] / "spaces" / "ablation.py"
+    space = Path(__file__).resolve().parent / "spaces" / "ablation.py"  # bundled with the package
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run([sys.executable, "-m", "lungsearch", "run", str(space), "--data", str(data_dir),
                               "--smoke", "--num-samples", str(trials), "--no-fixed-points", "--max-epochs", "2",

@@ -2,73 +2,162 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
-from .config import SEARCH_SPLITS, UserError
+from .config import SEARCH_SPLITS, SMOKE, SearchSettings, UserError
+
+DESCRIPTION = """\
+Find the best chest X-ray pneumonia classifier (NORMAL vs PNEUMONIA) your compute can train. lungsearch
+trains Keras 3 CNNs as Ray Tune trials on every CPU and GPU of a machine or cluster, and always retrains the
+source report's three models so every search shows where it stands against them."""
+
+EPILOG = """\
+first steps:
+  lungsearch data prepare chest-xray-pneumonia.zip ~/data/chest_xray   # unpack the Kaggle download
+  lungsearch data check ~/data/chest_xray                              # counts, duplicates, leakage
+  lungsearch spaces                                                    # the bundled search spaces
+  lungsearch run report --data ~/data/chest_xray --smoke               # minutes on a laptop
+  lungsearch run ablation --data ~/data/chest_xray                     # a real search
+
+`lungsearch COMMAND --help` describes a command. The last line `run` prints is the run folder."""
+
+
+def version() -> str:
+    """The installed distribution's version; the package's own where it runs uninstalled (PYTHONPATH)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("lungsearch")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def setting_default(name: str):
+    return {f.name: f.default for f in dataclasses.fields(SearchSettings)}[name]
+
+
+def overrides(what: str, name: str) -> str:
+    """Help text of a flag that overrides a SETTINGS key of the space file."""
+    return f"{what} (default: the space's SETTINGS {name!r}, else {setting_default(name)})"
+
+
+SMOKE_HELP = (f"shrink the search to minutes on a laptop: {SMOKE['image_size']} px images, up to {SMOKE['max_epochs']} "
+              f"epochs, {SMOKE['data_limit']} training images (a quarter as many, at least 8, in each other part), "
+              f"patience {SMOKE['patience']}, ASHA grace period {SMOKE['grace_period']} and reduction factor "
+              f"{SMOKE['reduction_factor']}, at most 8 sampled trials; other flags still override these")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lungsearch", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="lungsearch", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    p.set_defaults(help_parser=p)  # what a command given without its sub-command prints
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
-    run = sub.add_parser("run", help="run a search space (the report's fixed points included)")
-    run.add_argument("space", help="a space file, e.g. spaces/ablation.py")
-    run.add_argument("--data", help="dataset folder with train/ (default: $LUNGSEARCH_DATA)")
+    run = sub.add_parser("run", help="run a search space (the report's fixed points included)",
+                         description="Run a search space: its sampled trials and the report's three models, as "
+                                     "Ray Tune trials. The last line printed is the run folder.")
+    run.add_argument("space", help="a bundled space by name (ablation, architecture, report, robust: see "
+                                   "`lungsearch spaces`), or the path of a space file of your own")
+    run.add_argument("--data", metavar="DIR", help="dataset folder with train/ (and optionally val/ and test/) "
+                                                   "(default: $LUNGSEARCH_DATA)")
     run.add_argument("--split", choices=list(SEARCH_SPLITS),
                      help="split protocol: target (validate on half of the dataset's own test/ patients, test on "
                           "the other half), patient (patient-grouped, validation from train/), report (the source "
                           "report's random 80:20 image split); default: the space's, else auto (target when the "
                           "dataset has test/, else patient)")
-    run.add_argument("--image-size", type=int, help="image side in pixels (report: 150)")
-    run.add_argument("--max-epochs", type=int, help="epoch budget per trial (report: 50)")
-    run.add_argument("--num-samples", type=int, help="sampled trials, not counting the fixed points")
-    run.add_argument("--seed", type=int)
-    run.add_argument("--smoke", action="store_true", help="tiny images, few epochs and images: minutes on a laptop")
-    run.add_argument("--results", "--storage", dest="results", default="results",
+    run.add_argument("--image-size", type=int, metavar="PX", help=overrides("image side in pixels", "image_size"))
+    run.add_argument("--max-epochs", type=int, metavar="N", help=overrides("epoch budget per trial", "max_epochs"))
+    run.add_argument("--num-samples", type=int, metavar="N",
+                     help=overrides("sampled trials, not counting the three fixed points", "num_samples"))
+    run.add_argument("--seed", type=int, help=overrides("seed of the split, the trial sampling and the smoke subset",
+                                                        "seed"))
+    run.add_argument("--patience", type=int, metavar="EPOCHS",
+                     help=overrides("epochs without a better objective (validation AUC) before a trial stops early",
+                                    "patience"))
+    run.add_argument("--grace-period", type=int, metavar="EPOCHS",
+                     help=overrides("ASHA: epochs a sampled trial trains before it can first be stopped",
+                                    "grace_period"))
+    run.add_argument("--reduction-factor", type=int, metavar="K",
+                     help=overrides("ASHA: keep the best 1/K of the trials at each rung", "reduction_factor"))
+    run.add_argument("--keep-checkpoints", type=int, metavar="N",
+                     help=overrides("saved models of the best sampled trials; the fixed points' models are always "
+                                    "kept", "keep_checkpoints"))
+    run.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    run.add_argument("--results", "--storage", dest="results", default="results", metavar="DIR",
                      help="folder for run folders (default: results); on a cluster, a path every node reaches")
     run.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT (default: start a local one)")
-    run.add_argument("--cpus-per-trial", type=float)
-    run.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU, e.g. 0.25")
-    run.add_argument("--max-concurrent", type=int)
-    run.add_argument("--max-failures", type=int, help="retries of a trial that raises (default 1)")
-    run.add_argument("--searcher", choices=["random", "tpe"])
+    run.add_argument("--cpus-per-trial", type=float, metavar="N",
+                     help="CPU cores per trial (default: 2 without GPUs; with GPUs, the cluster's CPUs per GPU, "
+                          "1 to 4)")
+    run.add_argument("--gpus-per-trial", type=float, metavar="N",
+                     help="GPUs per trial; fractions share a GPU, e.g. 0.25 (default: 1 where there are GPUs, else 0)")
+    run.add_argument("--max-concurrent", type=int, metavar="N",
+                     help="most trials running at once (default: as many as the CPUs and GPUs hold)")
+    run.add_argument("--max-failures", type=int, metavar="N", help="retries of a trial that raises (default 1)")
+    run.add_argument("--searcher", choices=["random", "tpe"],
+                     help="how sampled trials are drawn: random (seeded; the default) or tpe (Optuna's TPE, "
+                          "pip install -e \".[tpe]\")")
     run.add_argument("--no-fixed-points", dest="fixed_points", action="store_const", const=False,
                      help="skip the report's three models")
 
     resume = sub.add_parser("resume", help="finish an interrupted search without rerunning finished trials")
-    resume.add_argument("run_dir")
+    resume.add_argument("run_dir", help="the interrupted run's folder (printed by `run` as `run folder: ...`)")
     resume.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT")
 
     report = sub.add_parser("report", help="rank trials, evaluate the best on test, write report.html and export "
                                            "the best model (run does this at its end)")
     report.add_argument("run_dir", help="a run folder (the last line `run` printed)")
-    report.add_argument("--top", type=int, default=5, help="top trials to evaluate on test (default 5)")
-    report.add_argument("--ensemble", type=int, help="average the top K trials; also exports ensemble.json "
-                                                     "(default: 3, shown in the report only; 0: none)")
-    report.add_argument("--data", help="the run's dataset, if it moved (default: the folder the run used)")
+    report.add_argument("--top", type=int, default=5, metavar="N", help="top trials to evaluate on test (default 5)")
+    report.add_argument("--ensemble", type=int, metavar="K",
+                        help="average the top K trials; also exports ensemble.json (default: 3, shown in the report "
+                             "only; 0: none)")
+    report.add_argument("--data", metavar="DIR",
+                        help="the run's dataset, if it moved (default: the folder the run used)")
 
     evaluate = sub.add_parser("evaluate", help="metrics of a model on a dataset folder's test/ part (or all images)")
     evaluate.add_argument("model", help="a .keras file, best_model.json or ensemble.json")
-    evaluate.add_argument("--data", help="dataset folder (default: $LUNGSEARCH_DATA)")
+    evaluate.add_argument("--data", metavar="DIR", help="dataset folder (default: $LUNGSEARCH_DATA)")
 
     predict = sub.add_parser("predict", help="probability and label of each image")
     predict.add_argument("model", help="a .keras file, best_model.json or ensemble.json")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (.jpeg, .jpg, .png)")
 
     bench = sub.add_parser("bench", help="time epochs with and without augmentation, trial start-up, trials/hour")
-    bench.add_argument("--data", help="dataset folder (default: $LUNGSEARCH_DATA)")
+    bench.add_argument("--data", metavar="DIR", help="dataset folder (default: $LUNGSEARCH_DATA)")
     bench.add_argument("--smoke", action="store_true", help="96 px and 640 images instead of 150 px and all")
     bench.add_argument("--no-search", dest="search", action="store_false", help="skip the trials-per-hour search")
 
-    check = sub.add_parser("data", help="dataset tools")
-    check_sub = check.add_subparsers(dest="data_command", required=True)
-    dc = check_sub.add_parser("check", help="counts, sizes, unreadable files, duplicates and shared patients")
-    dc.add_argument("dir")
+    sub.add_parser("spaces", help="list the bundled search spaces and the question each answers",
+                   description="List the search spaces installed with lungsearch; `lungsearch run NAME` runs one.")
+
+    data_cmd = sub.add_parser("data", help="dataset tools: prepare (unpack a download), check")
+    data_cmd.set_defaults(help_parser=data_cmd)
+    data_sub = data_cmd.add_subparsers(dest="data_command", metavar="COMMAND", title="commands")
+    dc = data_sub.add_parser("check", help="counts, sizes, unreadable files, duplicates and shared patients")
+    dc.add_argument("dir", help="the dataset folder (the one holding train/)")
+    dp = data_sub.add_parser("prepare", help="unpack a downloaded dataset archive (.zip) into the layout lungsearch reads",
+                             description="Unpack the chest X-ray download (e.g. Kaggle's chest-xray-pneumonia zip, "
+                                         "whose images sit under chest_xray/chest_xray/ with a second copy and "
+                                         "__MACOSX/ entries) into DEST/{train,val,test}/{NORMAL,PNEUMONIA}: junk and "
+                                         "duplicate copies skipped, counts checked. The last line printed is the "
+                                         "--data to use.")
+    dp.add_argument("archive", help="the downloaded .zip archive")
+    dp.add_argument("dest", help="the folder to create (it must not exist, or be empty, or hold an earlier prepare "
+                                 "of the same archive)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; the exit status. A bare `lungsearch` (or `lungsearch data`) prints its help and
+    exits 0."""
     args = parser().parse_args(argv)
+    if args.command is None or (args.command == "data" and args.data_command is None):
+        args.help_parser.print_help()
+        return 0
     try:
         if args.command in ("run", "resume"):
             return search(args)
@@ -89,7 +178,14 @@ def main(argv: list[str] | None = None) -> int:
 
             run_bench(args.data, args.smoke, args.search)
             return 0
+        if args.command == "spaces":
+            return list_spaces()
         if args.command == "data":
+            if args.data_command == "prepare":
+                from .prepare import prepare
+
+                prepare(args.archive, args.dest)
+                return 0
             from .check import check_dataset
 
             text, ok = check_dataset(args.dir)
@@ -99,6 +195,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1
+
+
+def list_spaces() -> int:
+    """`lungsearch spaces`: each bundled space's name and the first line of its docstring."""
+    from . import space
+
+    found = space.bundled()
+    if not found:
+        raise UserError(f"no bundled spaces in {space.BUNDLED_DIR}: the installation is incomplete; reinstall "
+                        f"lungsearch")
+    width = max(map(len, found))
+    for name, path in found.items():
+        print(f"{name:<{width}}  {space.first_doc_line(path)}")
+    print(f"\nrun one with `lungsearch run NAME --data DIR` (add --smoke for a few minutes' try); the files are in "
+          f"{space.BUNDLED_DIR}: copy one to start a space of your own and pass its path instead of a name")
+    return 0
 
 
 def search(args: argparse.Namespace) -> int:
@@ -115,6 +227,8 @@ def search(args: argparse.Namespace) -> int:
                 num_samples=args.num_samples, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
                 gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                 max_failures=args.max_failures, searcher=args.searcher, fixed_points=args.fixed_points,
+                patience=args.patience, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+                keep_checkpoints=args.keep_checkpoints,
             )
         else:
             run_dir = resume_search(args.run_dir, args.address)

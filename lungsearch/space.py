@@ -5,6 +5,7 @@ declarations, and an optional `SETTINGS = {...}` dict of search settings (see co
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import math
@@ -34,11 +35,58 @@ class Space:
         return self.path.stem
 
 
+# The spaces shipped with the package (lungsearch/spaces/*.py, installed as package data; the repository's
+# top-level spaces/ is a link to this folder).
+BUNDLED_DIR = Path(__file__).resolve().parent / "spaces"
+
+
+def bundled() -> dict[str, Path]:
+    """The bundled spaces by name (file stem), sorted."""
+    if not BUNDLED_DIR.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.py")) if not p.name.startswith(("_", "."))}
+
+
+def first_doc_line(path: Path) -> str:
+    """The first line of a space file's docstring (its question), read without running the file."""
+    try:
+        doc = ast.get_docstring(ast.parse(path.read_text(), filename=str(path))) or ""
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return ""
+    return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+
+
+def bundled_names() -> str:
+    return ", ".join(bundled()) or "(none: the package's spaces/ folder is missing; reinstall lungsearch)"
+
+
+def resolve(spec: str | Path) -> Path:
+    """The space file a `run` argument names, in this order: an existing file at that path; else a bundled
+    space by name, with or without `.py` and a leading `spaces/` (so `ablation`, `ablation.py` and
+    `spaces/ablation.py` work from any folder); else a UserError listing the bundled names."""
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path.resolve()
+    parts = Path(text.replace("\\", "/")).parts
+    if parts[:1] == (".",):
+        parts = parts[1:]
+    if len(parts) == 2 and parts[0] == "spaces":
+        parts = parts[1:]
+    if len(parts) == 1 and not path.is_absolute():
+        name = parts[0][:-3] if parts[0].endswith(".py") else parts[0]
+        if name in bundled():
+            return bundled()[name]
+    why = "is a folder, not a space file" if path.is_dir() else "is neither a file nor the name of a bundled space"
+    raise UserError(f"space {text!r} {why}; bundled spaces: {bundled_names()} (`lungsearch spaces` lists them with "
+                    f"their questions); or pass the path of your own space file (a Python file with a docstring, "
+                    f"`hp` and `SETTINGS`, like the bundled ones)")
+
+
 def load(path: str | Path) -> Space:
-    """Read and check a space file; any mistake is a UserError that names the file, the key and the fix."""
-    path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise UserError(f"space file {path} not found; spaces are Python files such as spaces/ablation.py")
+    """Read and check a space file (a path, or a bundled space's name: see `resolve`); any mistake is a
+    UserError that names the file, the key and the fix."""
+    path = resolve(path)
     source = path.read_text()
     try:
         namespace = runpy.run_path(str(path), run_name="lungsearch_space")

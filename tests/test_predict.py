@@ -111,3 +111,80 @@ def test_two_class_evaluation_prints_auc(model_file, tmp_path, capsys):
     out = capsys.readouterr()
     assert "7 images" in out.out and "undefined" not in out.out and "skipped 1 unreadable" in out.err
     assert float(out.out.split("auc ")[1].split(",")[0]) >= 0
+
+
+def run_folder(model_file: Path, folder: Path, data_dir: Path, protocol: str, seed: int = 0, data_limit: int = 0,
+               unreadable=(), card_run_dir: str | None = None) -> Path:
+    """A run folder as `report` leaves it, written by hand: best_model.keras, its card and the manifest."""
+    from lungsearch import data
+
+    fingerprint = data.scan(data_dir).fingerprint
+    path = copy_model(model_file, folder)
+    card = {"model": "best_model.keras", "image_size": 8, "threshold": 0.5, "data_fingerprint": fingerprint,
+            "split_protocol": protocol, "run_dir": card_run_dir or str(folder), "config": {}}
+    (folder / "best_model.json").write_text(json.dumps(card))
+    manifest = {"run_constants": {"data_dir": str(data_dir), "split": protocol, "seed": seed, "data_limit": data_limit,
+                                  "image_size": 8},
+                "data": {"fingerprint": fingerprint, "unreadable": sorted(unreadable)}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.mark.parametrize("protocol, seed, data_limit", [("patient", 0, 0), ("report", 3, 0), ("patient", 1, 12)])
+def test_evaluate_counts_the_images_the_model_was_trained_and_validated_on(model_file, tmp_path, cache_dir, capsys,
+                                                                            protocol, seed, data_limit):
+    from lungsearch import data
+
+    root = make_dataset(tmp_path / "data", {"train": 12})  # no test/: evaluate scores every image
+    bad = sorted((root / "train" / "PNEUMONIA").glob("*.jpg"))[0]
+    truncate(bad)  # unreadable: the run left it out before splitting, and evaluate skips it
+    ds, _ = data.load(root, 8, cache_dir, log=lambda _: None)  # the dataset as the run split it
+    split = data.make_split(ds, protocol, seed, data_limit)
+    model = run_folder(model_file, tmp_path / "run", root, protocol, seed, data_limit,
+                       [str(bad.relative_to(root))])
+    assert predict.evaluate(model, root) == 0
+    err = capsys.readouterr().err
+    scored = len(ds.files)
+    assert (f"warning: {len(split['train'])} of the {scored} scored images were in this model's training part and "
+            f"{len(split['val'])} in its validation part: these metrics are optimistic (run {tmp_path / 'run'}, "
+            f"{protocol} split; compared by file content)") in err
+    assert "could not check" not in err
+
+
+def test_evaluate_on_the_run_test_folder_finds_no_overlap_and_target_counts_the_validation_half(
+        model_file, tmp_path, capsys):
+    from lungsearch import data
+
+    root = make_dataset(tmp_path / "data", {"train": 6, "test": 4})
+    model = run_folder(model_file, tmp_path / "run", root, "patient")
+    assert predict.evaluate(model, root) == 0
+    out = capsys.readouterr()
+    assert ("data overlap: none of the 16 scored images is in this model's training or validation part (run "
+            f"{tmp_path / 'run'}, patient split; compared by file content): 16 are in its test part") in out.out
+    assert "warning" not in out.err
+    model = run_folder(model_file, tmp_path / "target", root, "target")
+    split = data.make_split(data.scan(root), "target", 0, 0)
+    assert predict.evaluate(model, root) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: 0 of the 16 scored images were in this model's training part and {len(split['val'])} in its "
+            f"validation part: these metrics are optimistic") in err
+    assert "comes from a search on the target split" in err  # the warning the card alone gives, kept
+
+
+def test_evaluate_says_when_overlap_cannot_be_checked(model_file, tmp_path, capsys):
+    root = make_dataset(tmp_path / "data", {"train": 6})
+    run = tmp_path / "run"
+    model = run_folder(model_file, run, root, "patient", card_run_dir=str(tmp_path / "moved-away"))
+    assert predict.evaluate(model, root) == 0  # the card's run_dir is gone, but the manifest sits beside the card
+    assert "were in this model's training part" in capsys.readouterr().err
+    (run / "manifest.json").unlink()
+    assert predict.evaluate(model, root) == 0
+    err = capsys.readouterr().err
+    assert (f"note: could not check whether these images overlap the model's training and validation data: its run "
+            f"folder {tmp_path / 'moved-away'} (manifest.json) is not reachable") in err
+    model = run_folder(model_file, run, root, "patient")
+    shutil.copy(next((root / "train" / "NORMAL").iterdir()), root / "train" / "NORMAL" / "IM-9999-0001.jpeg")
+    assert predict.evaluate(model, root) == 0  # the dataset changed since the run: its split cannot be rebuilt
+    assert "is not there or has changed, so its split cannot be rebuilt" in capsys.readouterr().err
+    assert predict.evaluate(model_file, root) == 0
+    assert "the model has no card naming its run" in capsys.readouterr().err

@@ -150,3 +150,53 @@ def test_shipped_spaces_load_with_a_docstring_and_command(name):
     space.check_defaults(loaded)
     space.ray_space(loaded)
     assert f"spaces/{name}.py" in loaded.doc
+
+
+@pytest.mark.parametrize("spec", ["ablation", "ablation.py", "spaces/ablation.py", "./spaces/ablation.py"])
+def test_a_bundled_space_is_found_by_name_from_any_folder(spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no spaces/ folder here
+    assert space.resolve(spec) == space.BUNDLED_DIR / "ablation.py"
+    loaded = space.load(spec)
+    assert loaded.name == "ablation" and loaded.params
+
+
+def test_an_existing_path_comes_before_a_bundled_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mine = '"""My own ablation."""\nSETTINGS = {"num_samples": 2}\n'
+    (tmp_path / "ablation.py").write_text(mine)
+    assert space.load("ablation.py").settings == {"num_samples": 2}
+    assert space.load("ablation").path == space.BUNDLED_DIR / "ablation.py"  # no file named `ablation` here
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "report.py").write_text(mine)
+    assert space.load("spaces/report.py").path == tmp_path / "spaces" / "report.py"
+
+
+def test_an_unknown_space_lists_the_bundled_names(tmp_path):
+    names = "ablation, architecture, report, robust"
+    for spec in ("ablaton", str(tmp_path / "ablation.py"), "spaces/nope.py", "other/ablation.py"):
+        with pytest.raises(UserError, match=f"is neither a file nor the name of a bundled space; bundled spaces: "
+                                            f"{names} .*or pass the path of your own space file"):
+            space.load(spec)
+    with pytest.raises(UserError, match="is a folder, not a space file"):
+        space.load(tmp_path)
+
+
+def test_the_repository_spaces_folder_is_the_bundled_one():
+    """One copy: the repository's spaces/ (a link to lungsearch/spaces) shows the files the package installs."""
+    bundled = space.bundled()
+    assert sorted(bundled) == ["ablation", "architecture", "report", "robust"]
+    assert sorted(p.stem for p in (REPO / "spaces").glob("*.py")) == sorted(bundled)
+    for name, path in bundled.items():
+        assert (REPO / "spaces" / f"{name}.py").read_bytes() == path.read_bytes()
+        assert space.first_doc_line(path) and not space.first_doc_line(path).startswith("python")
+
+
+def test_the_bundled_spaces_are_package_data():
+    """pyproject.toml ships lungsearch/spaces/*.py with the package, so a regular (non-editable) install has them."""
+    import tomllib
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = setuptools["package-data"]["lungsearch"]
+    shipped = {p for g in globs for p in (REPO / "lungsearch").glob(g)}
+    assert set(space.bundled().values()) <= shipped
+    assert any(pattern.startswith("lungsearch") for pattern in setuptools["packages"]["find"]["include"])
