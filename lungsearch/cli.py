@@ -103,6 +103,9 @@ def parser() -> argparse.ArgumentParser:
                           "pip install -e \".[tpe]\")")
     run.add_argument("--no-fixed-points", dest="fixed_points", action="store_const", const=False,
                      help="skip the report's three models")
+    run.add_argument("--mlflow", metavar="URI",
+                     help="also log every trial (parameters, metrics per epoch, test metrics) to MLflow: a tracking "
+                          "URI (sqlite:///mlflow.db, http://host:5000) or a folder; pip install -e \".[mlflow]\"")
 
     resume = sub.add_parser("resume", help="finish an interrupted search without rerunning finished trials")
     resume.add_argument("run_dir", help="the interrupted run's folder (printed by `run` as `run folder: ...`)")
@@ -228,7 +231,7 @@ def search(args: argparse.Namespace) -> int:
                 gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                 max_failures=args.max_failures, searcher=args.searcher, fixed_points=args.fixed_points,
                 patience=args.patience, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-                keep_checkpoints=args.keep_checkpoints,
+                keep_checkpoints=args.keep_checkpoints, mlflow=args.mlflow,
             )
         else:
             run_dir = resume_search(args.run_dir, args.address)

@@ -27,6 +27,29 @@ def fmt(v: Any, digits: int = 4) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def count(n: int, word: str, words: str = "") -> str:
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
+def setting(m: dict, k: str, v: Any) -> str:
+    """A setting as the run used it: CPUs and GPUs per trial as resolved (0 and -1 ask lungsearch to choose)."""
+    got = m.get("resources", {}).get(f"{k[:3]}_per_trial") if k in ("cpus_per_trial", "gpus_per_trial") else None
+    if got is not None:
+        return f"{got:g}" + (" (chosen for the machine)" if v == {"c": 0, "g": -1}[k[0]] else "")
+    return "no limit" if k == "max_concurrent" and v == 0 else str(v)
+
+
+def one_class(shown: list[Evaluation], tuned: bool) -> list:
+    """Words for the models that call every test image one class at a threshold (their accuracy and F1 there
+    reflect only the share of each class)."""
+    said = [f"**{e.name}** calls every test image {c} (specificity {fmt(m['specificity'], 3)}, recall "
+            f"{fmt(m['recall'], 3)})" for e in shown for m in [e.test_tuned if tuned else e.test]
+            for c in ["PNEUMONIA" if m["tn"] + m["fn"] == 0 else "NORMAL" if m["tp"] + m["fp"] == 0 else ""] if c]
+    return [("p", "At this threshold " + "; ".join(said) + f": {'its' if len(said) == 1 else 'their'} accuracy, "
+                  "precision and F1 only reflect the share of each class in the test part; AUC does not depend on "
+                  "the threshold.")] if said else []
+
+
 def with_ci(ev: Evaluation, m: str, tuned: bool = False) -> str:
     lo, hi = (ev.ci_tuned if tuned else ev.ci)[m]
     return f"{fmt((ev.test_tuned if tuned else ev.test)[m])} [{fmt(lo, 3)}, {fmt(hi, 3)}]"
@@ -46,7 +69,9 @@ def fig_samples(a: Analysis, folder: Path) -> Path:
         idx = train[a.data.ds.labels[train] == label]
         for ax, i in zip(axes[row], rng.choice(idx, min(6, len(idx)), replace=False)):
             ax.imshow(a.data.images[i], cmap="gray", vmin=0, vmax=255)
-            ax.set_title(f"{data.CLASSES[label]}\n{data.shown(Path(a.data.ds.files[i]).name)[:20]}", fontsize=8)
+            name = data.shown(Path(a.data.ds.files[i]).name)  # in full, wrapped
+            ax.set_title("\n".join([data.CLASSES[label], *(name[k:k + 32] for k in range(0, len(name), 32))]),
+                         fontsize=7)
     return save(fig, folder / "samples.png")
 
 
@@ -96,6 +121,8 @@ def fig_asha(a: Analysis, folder: Path) -> Path:
     axes[0].hist([b.loc[b["status"] == s, "epochs_run"] for s in present], stacked=True, label=present, rwidth=0.8,
                  bins=np.arange(-0.5, b["epochs_run"].max() + 1), color=[STATUS_COLOURS[s] for s in present])
     axes[0].set(xlabel="epochs trained", ylabel="trials", title="epochs each trial survived (all trials)")
+    for axis in (axes[0].xaxis, axes[0].yaxis):  # counts of trials and epochs: whole numbers
+        axis.get_major_locator().set_params(integer=True)
     axes[0].legend(fontsize=8)
     for k, (r, _) in enumerate(rungs):
         at = h[h["epoch"] == r]
@@ -160,10 +187,12 @@ def facts(a: Analysis) -> list[str]:
     m, b, d, split = a.run.manifest, a.board, a.run.manifest["data"], a.run.manifest["data"]["split"]
     return [f"space: `{m['space_file']}`: {(m.get('space_doc') or ' ').splitlines()[0]}",
             f"settings{' (smoke run)' if m.get('smoke') else ''}: "
-            + ", ".join(f"{k}={v}" for k, v in m["settings"].items()),
-            f"data: `{d['dir']}`, fingerprint `{d['fingerprint']}`, {d['images']} images, {len(d['unreadable'])} "
-            f"unreadable; {split['protocol']} split: {len(split['patients_in_two_parts'])} patients and "
-            f"{len(split['images_in_two_parts'])} identical images in two parts",
+            + ", ".join(f"{k}={setting(m, k, v)}" for k, v in m["settings"].items()),
+            f"data: `{d['dir']}`, fingerprint `{d['fingerprint']}`, {count(d['images'], 'image')}"
+            + (f", {len(d['unreadable'])} unreadable" if d["unreadable"] else "") + f"; {split['protocol']} split: "
+            + (" and ".join(count(len(v), w) for v, w in ((split["patients_in_two_parts"], "patient"),
+                                                         (split["images_in_two_parts"], "identical image")) if v)
+               or "no patient and no identical image") + " in two parts",
             f"time: {m.get('started')} to {m.get('finished')}; search wall time {fmt(m.get('search_wall_s'), 0)} s; "
             f"mean trial start-up {fmt(m.get('trial_startup_s_mean'), 1)} s; share of trial time spent training "
             f"{fmt(m.get('training_fraction'), 2)}; mean epoch {fmt(b['mean_epoch_s'].mean(), 2)} s",
@@ -192,6 +221,17 @@ def shift_blocks(a: Analysis, shown: list[Evaluation], fig: Path | None, tuned: 
                             f"({STATUS_WORDS})")] if fig else [])]
 
 
+def asha_blocks(m: dict, b: pd.DataFrame, rungs: list[list[str]], fig: Path, col: str) -> list:
+    """The objective at each rung, or why ASHA had nothing to do (no sampled trials: only fixed points)."""
+    text = (f"ASHA compares trials by {objective_text(m) if 'objective' in m else 'validation loss'} at each rung "
+            f"and stops the worse; fixed points never stop.")
+    if not (b["fixed_point"] == "").any():
+        return [("p", f"{text} This run has no sampled trials, only fixed points, so ASHA had nothing to stop: "
+                      f"every trial ran until early stopping or its last epoch.")]
+    return [("p", text), ("table", ["rung (epoch)", "sampled trials reaching it", f"median {col}", f"best {col}"],
+                          rungs), ("img", fig, f"Epochs survived and {col} per rung")]
+
+
 def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> list[tuple[str, list]]:
     """(title, blocks): ("p", text), ("ul", items), ("pre", text), ("img", png, caption), ("table", head, rows)."""
     m, b, best, protocol = a.run.manifest, a.board, a.best, a.run.manifest["run_constants"]["split"]
@@ -211,7 +251,7 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
              for _, r in b.head(15).iterrows()]
     return [
         ("Summary", [
-            ("p", f"Run `{a.run.dir.name}`: space `{Path(m['space_file']).name}`, {len(b)} trials ("
+            ("p", f"Run `{a.run.dir.name}`: space `{Path(m['space_file']).name}`, {count(len(b), 'trial')} ("
                   + ", ".join(f"{n} {s}" for s, n in b["status"].value_counts().items()) + ")."),
             ("p", f"Split: **{protocol}**: {SPLIT_NAMES.get(protocol, protocol)}. Test metrics are on this run's "
                   f"held-out test part ({parts['test']['images']} images: {src.get('test', 'see Data')}), used for "
@@ -234,15 +274,18 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
         ("Test metrics with 95% confidence intervals", [
             ("p", "At threshold **0.5**:"),
             ("table", ["model", *CI_METRICS], [[e.name, *(with_ci(e, k) for k in CI_METRICS)] for e in shown]),
+            *one_class(shown, tuned=False),
             ("p", f"At the threshold **{tuned}** (AUC does not depend on the threshold):"),
             ("table", ["model", "threshold", *CI_METRICS[:-1]],
-             [[e.name, fmt(e.threshold, 3), *(with_ci(e, k, True) for k in CI_METRICS[:-1])] for e in shown])]),
+             [[e.name, fmt(e.threshold, 3), *(with_ci(e, k, True) for k in CI_METRICS[:-1])] for e in shown]),
+            *one_class(shown, tuned=True)]),
         ("In-distribution vs target distribution", shift_blocks(a, shown, figs["shift"], tuned)),
         ("Leaderboard", [
             ("p", f"Ranked by {objective_text(m)}" + (", ties broken by validation F1" if col == "objective" else "")
                   + " (15 best shown; all in `leaderboard.csv`). "
                   f"Test F1 at threshold 0.5, as recorded when the trial ended. Only trials with a saved model are "
-                  f"evaluated above; {unsaved} finished trial(s) have none."),
+                  f"evaluated above" + (f"; {count(unsaved, 'finished trial')} {'has' if unsaved == 1 else 'have'} "
+                                        f"none" if unsaved else "") + "."),
             ("table", ["rank", "trial", "model saved", "status", "epochs", "objective", "val F1", "val AUC", "test F1",
                        *(c[4:] for c in params)], board)]),
         ("Data", [("table", ["part", "images", "NORMAL", "PNEUMONIA", "% pneumonia", "patients", "source"],
@@ -256,17 +299,14 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
         ("Best model", [("img", figs["best_model"], "ROC curve and confusion matrices on the test part"),
                         ("p", f"Layer summary of **{best.name}** (input {best.image_sizes[0]} px, greyscale; "
                               f"exported as `best_model.keras`):"), ("pre", "\n".join(summary))] if best else []),
-        ("How ASHA spent the budget", [
-            ("p", f"ASHA compares trials by {objective_text(m) if 'objective' in m else 'validation loss'} at each "
-                  f"rung and stops the worse; fixed points never stop."),
-            ("table", ["rung (epoch)", "sampled trials reaching it", f"median {col}", f"best {col}"], rungs),
-            ("img", figs["asha"], f"Epochs survived and {col} per rung")]),
+        ("How ASHA spent the budget", asha_blocks(m, b, rungs, figs["asha"], col)),
         ("Hyperparameters", [("img", figs["hyperparameters"], f"Each searched hyperparameter against the "
                                                                    f"{col} ({STATUS_WORDS})")]
          if figs["hyperparameters"] else [("p", "No hyperparameters were searched in this space.")]),
         ("Run facts", [("ul", facts(a)),
                        ("p", f"Failed trials: {len(failed)}" + (", and why:" if len(failed) else ".")),
-                       ("ul", [f"`{r.trial}` ({r.retries} retries): {r.error}" for r in failed.itertuples()])]),
+                       ("ul", [f"`{r.trial}` ({count(r.retries, 'retry', 'retries')}): {r.error}"
+                               for r in failed.itertuples()])]),
         ("Files", [("ul", files)]),
     ]
 

@@ -256,6 +256,9 @@ def test_clear_errors_for_folders_that_are_not_finished_runs(tmp_path, capsys):
     with pytest.raises(UserError, match="no manifest.json"):
         analysis.load_run(tmp_path)
     (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "ray").mkdir()  # Ray Tune saved the search: resume can finish it
+    (tmp_path / "ray" / "tuner.pkl").write_bytes(b"")
+    (tmp_path / "ray" / "experiment_state-2026.json").write_text("{}")
     with pytest.raises(UserError, match="no trials.csv.*lungsearch resume"):
         analysis.load_run(tmp_path)
     assert cli.main(["report", str(tmp_path / "nowhere")]) == 2
@@ -279,3 +282,57 @@ def test_headless_chromium_renders_the_report(run, tmp_path):
     assert image.shape[:2] == (3000, 1200)
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     assert (grey < 128).mean() > 0.01  # text, tables and figures rendered, not a blank page
+
+
+def test_a_user_sees_no_ray_notices_and_a_line_per_trial(run):
+    run_dir, out = run
+    first = (out.stdout.splitlines()[:30], out.stderr.splitlines()[:30])
+    for lines in first:  # no Ray warning, box, hint nor traceback among the first lines of either stream
+        for line in lines:
+            assert not re.search(r"(WARNING|ERROR|INFO) \S+\.py:\d+ --|Configuration for experiment|View detailed "
+                                 r"results|TensorBoard|Token authentication|Traceback", line), line
+    assert "Trial task failed" not in out.stdout + out.stderr  # the kernel-7 trials' tracebacks: in ray.log
+    log = (run_dir / "ray.log").read_text()
+    assert "Trial task failed" in log and "do not fit" in log
+    trials = pd.read_csv(run_dir / "trials.csv", keep_default_na=False)
+    for t in trials.itertuples():  # one line for each trial that ended (not a terminal: and one when it started)
+        ended = [x for x in out.stdout.splitlines() if re.match(rf"\[\d:\d\d:\d\d\] {t.trial} (?!started)", x)]
+        assert len(ended) == 1, (t.trial, ended)
+        assert ("failed after 0 epochs: ValueError" if t.status == "failed" else "after") in ended[0]
+    assert not re.search(r"epoch \d+/\d+", out.stdout)  # no line per epoch
+
+
+def test_report_words_resolved_resources_and_counts(run):
+    run_dir, _ = run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    res = manifest["resources"]
+    assert res["cpu_per_trial"] >= 1 and res["gpu_per_trial"] >= 0 and manifest["mlflow"] is None
+    markdown = (run_dir / "report.md").read_text()
+    assert f"cpus_per_trial={res['cpu_per_trial']:g} (chosen for the machine)" in markdown
+    assert f"gpus_per_trial={res['gpu_per_trial']:g} (chosen for the machine)" in markdown
+    assert "max_concurrent=no limit" in markdown and "cpus_per_trial=0" not in markdown
+    assert "6 trials (" in markdown and "no patient and no identical image in two parts" in markdown
+    assert "trial(s)" not in markdown and "1 identical images" not in markdown and " 0 finished trial" not in markdown
+    assert "| rung (epoch) |" in markdown  # sampled trials: ASHA's rungs
+
+
+def test_report_says_when_a_model_calls_every_image_one_class_and_when_asha_had_nothing_to_do():
+    def ev(name, tp, fp, tn, fn):
+        m = {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "specificity": tn / max(tn + fp, 1),
+             "recall": tp / max(tp + fn, 1)}
+        return SimpleNamespace(name=name, test=m, test_tuned={**m, "tp": 1, "fp": 1, "tn": 1, "fn": 1})
+
+    shown = [ev("base", 8, 8, 0, 0), ev("bn_aug", 5, 2, 6, 3), ev("ensemble of 3", 0, 0, 8, 8)]
+    [(kind, text)] = report.one_class(shown, tuned=False)
+    assert kind == "p" and "**base** calls every test image PNEUMONIA (specificity 0.000, recall 1.000)" in text
+    assert "**ensemble of 3** calls every test image NORMAL (specificity 1.000, recall 0.000)" in text
+    assert "bn_aug" not in text and "their accuracy" in text
+    assert report.one_class(shown, tuned=True) == [] and report.one_class(shown[1:2], tuned=False) == []
+    assert (report.count(1, "identical image"), report.count(0, "trial"), report.count(2, "retry", "retries")) == \
+        ("1 identical image", "0 trials", "2 retries")
+    assert report.setting({}, "cpus_per_trial", 0) == "0"  # a run from before resources were recorded
+    assert report.setting({"resources": {"gpu_per_trial": 1.0}}, "gpus_per_trial", 1) == "1"
+    fixed_only = pd.DataFrame({"fixed_point": ["base", "bn_aug", "bn_aug_dropout"]})
+    [(kind, text)] = report.asha_blocks({"objective": {"text": OBJECTIVE_TEXT}}, fixed_only, [], Path("a.png"),
+                                        "objective")
+    assert kind == "p" and "no sampled trials, only fixed points, so ASHA had nothing to stop" in text
