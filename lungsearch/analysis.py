@@ -100,13 +100,11 @@ class Analysis:
 def load_run(run_dir: str | Path) -> Run:
     """Read a run folder; a folder that is not a finished run is a UserError saying what to do."""
     run_dir = Path(run_dir).expanduser().resolve()
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} does not exist; pass the folder `lungsearch run` printed last")
-    if not (run_dir / "manifest.json").is_file():
-        raise UserError(f"{run_dir} has no manifest.json: not a lungsearch run folder (pass the folder "
-                        f"`lungsearch run` printed last)")
-    if not (run_dir / "trials.csv").is_file():
-        raise UserError(f"{run_dir} has no trials.csv: the search did not finish; finish it with "
+    if not (run_dir / "trials.csv").is_file() or not (run_dir / "manifest.json").is_file():
+        from .run import run_folder_problem  # (imports Ray) the words `resume` uses for the same folder
+
+        raise UserError(run_folder_problem(run_dir) or
+                        f"{run_dir} has no trials.csv: the search did not finish; finish it with "
                         f"`python -m lungsearch resume {run_dir}`, then report again")
     if (run_dir / "trials.csv").stat().st_size < 5:  # pandas writes an empty table as a blank line
         raise UserError(f"{run_dir / 'trials.csv'} lists no trials: nothing ran, so there is nothing to report")

@@ -1,19 +1,24 @@
 """Run a search with Ray Tune: the only module that imports ray."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import logging
+import math
 import os
 import pickle
+import shlex
 import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import ray
@@ -53,47 +58,276 @@ class FixedPointASHA(AsyncHyperBandScheduler):
         return action
 
 
-class Progress(tune.Callback):
-    """One line per change: trials running, finished, stopped by ASHA and failed, and the best objective so far."""
+RAY_LOG = "ray.log"  # in the run folder: what Ray logs (its warnings, a failed trial's traceback)
+RAY_LOG_FORMAT = "%(asctime)s\t%(levelname)s %(name)s %(filename)s:%(lineno)s -- %(message)s"
 
-    def __init__(self, total: int):
-        self.total, self.best, self.best_trial, self.line, self.epochs = total, None, "", "", 0
-        self.started = time.time()
+
+class RayLog(logging.Handler):
+    """Where Ray's own log records go: the run folder's ray.log, not the console (a user cannot act on Ray's
+    notices, and Progress reports a failed trial in its own words). Records made before the run folder exists
+    (ray.init runs first) are kept in memory and written when it is known. Ray's console handler keeps only
+    its errors, less a trial's failure (`quiet_ray`)."""
+
+    KEEP = 1000  # records kept in memory at most, while no run folder is open
+    TRIAL_ERRORS = ("Trial task failed", "Trials did not complete")  # Tune's errors that Progress reports
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.file: logging.FileHandler | None = None
+        self.pending: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.file is not None:
+            self.file.emit(record)
+        else:
+            self.pending = [*self.pending[1 - self.KEEP:], record]
+
+    def open(self, run_dir: Path) -> None:
+        """Write the records so far, and all that follow, to run_dir/ray.log (appended: resume adds to it)."""
+        self.close()
+        self.file = logging.FileHandler(run_dir / RAY_LOG, encoding="utf-8")
+        self.file.setFormatter(logging.Formatter(RAY_LOG_FORMAT))
+        for record in self.pending:
+            self.file.emit(record)
+        self.pending = []
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    @staticmethod
+    def console(record: logging.LogRecord) -> bool:
+        """The filter on Ray's console handler: errors only, and not failed trials (Progress says so)."""
+        return record.levelno >= logging.ERROR and not record.getMessage().startswith(RayLog.TRIAL_ERRORS)
+
+
+RAY_LOG_HANDLER = RayLog()
+
+
+def quiet_ray() -> None:
+    """Keep Ray's notices off the console, before ray.init: its log records go to the run folder's ray.log
+    (RayLog), and Tune's console output engine is the legacy one, which prints nothing at verbose=0 (the
+    default engine prints a "Configuration for experiment" box, "View detailed results here" and a TensorBoard
+    hint whatever the verbosity). Token authentication is left as Ray sets it (on for a local instance)."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray_logger = logging.getLogger("ray")
+    for handler in ray_logger.handlers:
+        if handler is not RAY_LOG_HANDLER and RayLog.console not in handler.filters:
+            handler.addFilter(RayLog.console)
+    if RAY_LOG_HANDLER not in ray_logger.handlers:
+        ray_logger.addHandler(RAY_LOG_HANDLER)
+    RAY_LOG_HANDLER.pending = []  # a new Ray session: what an earlier one logged is not this run's
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def duration(seconds: float) -> str:
+    """An estimate, rounded: 'under a minute', 'about 12 min', 'about 2 h 05 min'."""
+    minutes = round(seconds / 60)
+    return ("under a minute" if minutes < 1 else f"about {minutes} min" if minutes < 60
+            else f"about {minutes // 60} h {minutes % 60:02d} min")
+
+
+class Progress(tune.Callback):
+    """What a person sees while the search runs. On a terminal: one status line redrawn in place (with rich)
+    and a permanent line for each trial that ends. Elsewhere (a log file, CI): a line for each trial that starts
+    or ends, and the status line at most every HEARTBEAT_S seconds, never a line per epoch.
+
+    The status: trials running, finished, stopped early by ASHA and failed, of the planned total; epochs
+    trained; the best objective (validation AUC) and its trial; the time since the start and an estimate of the
+    time left (from the share of the trial budget, trials times max_epochs, done so far in this session).
+    `live` (None: whether stdout is a terminal), `console` (a rich Console) and `clock` are for tests."""
+
+    HEARTBEAT_S, REDRAW_S = 30.0, 0.25
+    showing: list["Progress"] = []  # those with a live line on the terminal now (close_all)
+
+    def __init__(self, total: int, max_epochs: int | None = None, live: bool | None = None, console=None,
+                 clock=time.monotonic):
+        self.total, self.max_epochs, self.live, self.console, self.clock = total, max_epochs, live, console, clock
+        self.started, self.beat, self.drawn, self.display = clock(), -math.inf, -math.inf, None
+        self.done_at_start: float | None = None
+        self.ended_ids: set[str] = set()  # trials that ended before (a resumed search) or that Tune said ended
+
+    def __getstate__(self) -> dict:
+        return {"total": self.total, "max_epochs": self.max_epochs}
 
     def __setstate__(self, state: dict) -> None:
-        """`resume` unpickles this callback from the experiment: count afresh from now."""
-        self.__init__(state["total"])
+        """`resume` unpickles this callback from the experiment: count afresh from now, on today's terminal."""
+        self.__init__(state["total"], state.get("max_epochs"))
 
-    def show(self, trials) -> None:
-        counts = {"RUNNING": 0, "finished": 0, "stopped": 0, "ERROR": 0}
+    def setup(self, **info) -> None:
+        self.started = self.clock()
+        if self.live is None:
+            self.live = sys.stdout.isatty()
+        if self.live:
+            from rich.console import Console
+            from rich.live import Live
+
+            self.console = self.console or Console(highlight=False)
+            self.display = Live(console=self.console, auto_refresh=False, transient=True)
+            self.display.start()
+            Progress.showing.append(self)
+
+    def outcome(self, trial) -> str:
+        """running, waiting, finished, diverged, stopped (by ASHA), failed, or interrupted (Tune marks the trials
+        a Ctrl-C stopped as ended too: those it never said ended; waiting if they never trained)."""
+        last = trial.last_result or {}
+        if trial.status == "TERMINATED":
+            if last.get("final"):
+                return "diverged" if last.get("diverged") else "finished"
+            if trial.trial_id in self.ended_ids:
+                return "stopped"
+            return "interrupted" if last.get("training_iteration") else "waiting"
+        return {"RUNNING": "running", "ERROR": "failed"}.get(trial.status, "waiting")
+
+    def elapsed(self) -> str:
+        seconds = int(self.clock() - self.started)
+        return f"[{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}]"
+
+    def status(self, trials) -> str:
+        counts = dict.fromkeys(("running", "waiting", "finished", "stopped", "failed", "interrupted"), 0)
+        best, best_trial, epochs, done = None, "", 0, 0.0
+        if self.done_at_start is None:  # what a resumed search had already ended
+            self.ended_ids |= {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
         for t in trials:
-            if t.status == "TERMINATED":
-                counts["finished" if (t.last_result or {}).get("final") else "stopped"] += 1
-            elif t.status in counts:
-                counts[t.status] += 1
-        best = f"best val AUC {self.best:.4f} ({self.best_trial})" if self.best is not None else "best val AUC -"
-        line = (f"{counts['RUNNING']} running, {counts['finished']} finished, {counts['stopped']} stopped early, "
-                f"{counts['ERROR']} failed of {self.total} | {self.epochs} epochs trained | {best}")
-        if line != self.line:
-            elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - self.started))
-            print(f"[{elapsed}] {line}", flush=True)
-            self.line = line
+            last, kind = t.last_result or {}, self.outcome(t)
+            counts["finished" if kind == "diverged" else kind] += 1
+            epochs += int(last.get("training_iteration", 0) or 0)
+            score = last.get(OBJECTIVE)
+            if isinstance(score, (int, float)) and math.isfinite(score) and (best is None or score > best):
+                best, best_trial = score, trial_name(t)
+            if kind not in ("running", "waiting"):
+                done += 1.0
+            elif kind == "running" and self.max_epochs:
+                done += min(int(last.get("training_iteration", 0) or 0) / self.max_epochs, 1.0)
+        if self.done_at_start is None:
+            self.done_at_start = done  # trials a resumed search had already ended
+        gained, spent = done - self.done_at_start, self.clock() - self.started
+        left = ("" if done >= self.total else f" | {duration(spent * (self.total - done) / gained)} left"
+                if gained > 0 and self.max_epochs else " | time left: -")
+        best_text = f"best val AUC {best:.4f} ({best_trial})" if best is not None else "best val AUC -"
+        return (f"{counts['running']} running, {counts['finished']} finished, {counts['stopped']} stopped early, "
+                f"{counts['failed']} failed" + (f", {counts['interrupted']} interrupted" if counts["interrupted"]
+                                                else "") + f" of {self.total} | {epochs} epochs trained | "
+                f"{best_text}{left}")
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.epochs += 1
-        score = result.get(OBJECTIVE)
-        if score is not None and score == score and (self.best is None or score > self.best):
-            self.best, self.best_trial = score, trial.trial_id if not trial.config.get("fixed_point") else trial.config["fixed_point"]
-        self.show(trials)
+    def say(self, text: str) -> None:
+        """A permanent line (above the live status line on a terminal)."""
+        line = f"{self.elapsed()} {text}"
+        if self.live and self.console is not None:
+            from rich.text import Text
+
+            self.console.print(Text(line))
+        else:
+            print(line, flush=True)
+
+    def tick(self, trials, force: bool = False) -> None:
+        """Redraw the live line (at most every REDRAW_S s), or print the heartbeat (at most every HEARTBEAT_S s)."""
+        now = self.clock()
+        if self.display is not None:
+            if force or now - self.drawn >= self.REDRAW_S:
+                from rich.text import Text
+
+                self.display.update(Text(f"{self.elapsed()} {self.status(trials)}"), refresh=True)  # wraps
+                self.drawn = now
+        elif force or now - self.beat >= self.HEARTBEAT_S:
+            print(f"{self.elapsed()} {self.status(trials)}", flush=True)
+            self.beat = now
+
+    def ended(self, trial, failed: bool = False) -> str:
+        """The line for a trial that ended (Tune calls back before it sets the trial's status)."""
+        self.ended_ids.add(trial.trial_id)
+        last = trial.last_result or {}
+        kind = "failed" if failed else ("diverged" if last.get("diverged") else "finished") if last.get("final") \
+            else "stopped"
+        epochs = int(last.get("training_iteration", 0) or 0)
+        score = last.get(OBJECTIVE)
+        auc = f", val AUC {score:.4f}" if isinstance(score, (int, float)) and math.isfinite(score) else ""
+        if kind == "failed":
+            error = ""
+            try:
+                lines = Path(trial.error_file).read_text().strip().splitlines() if trial.error_file else []
+                error = f": {lines[-1][:200]}" if lines else ""
+            except (AttributeError, OSError):
+                pass
+            return f"{trial_name(trial)} failed after {plural(epochs, 'epoch')}{error}"
+        what = {"finished": "finished", "diverged": "diverged (loss not finite)",
+                "stopped": "stopped early by ASHA"}.get(kind, kind)
+        return f"{trial_name(trial)} {what} after {plural(epochs, 'epoch')}{auc}"
+
+    def on_step_end(self, iteration, trials, **info):
+        self.tick(trials)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.show(trials)
+        if self.display is None:
+            self.say(f"{trial_name(trial)} started")
+        self.tick(trials, force=self.display is not None)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.tick(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.show(trials)
+        self.say(self.ended(trial))
+        self.tick(trials, force=self.display is not None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.show(trials)
+        self.say(self.ended(trial, failed=True))
+        self.tick(trials, force=self.display is not None)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.say(f"{trial_name(trial)} failed; trying it again from the start")
+
+    def on_experiment_end(self, trials, **info):
+        self.close()
+        self.say(self.status(trials))
+
+    def close(self) -> None:
+        """Stop the live line (idempotent), so what is printed next starts on a line of its own."""
+        if self.display is not None:
+            self.display.stop()
+            self.display = None
+            Progress.showing.remove(self)
+
+    @classmethod
+    def close_all(cls) -> None:
+        for progress in list(cls.showing):
+            progress.close()
+
+
+def mlflow_uri(uri: str) -> str:
+    """The MLflow tracking URI to log to, checked: a URI as given, a folder as an absolute file:// URI (so that
+    resume, from any folder, logs to the same place). MLflow 3 keeps such a file store in maintenance mode and
+    refuses it unless MLFLOW_ALLOW_FILE_STORE is set: a folder the user names is taken as that consent. A
+    UserError when MLflow is not installed or cannot open the store."""
+    if importlib.util.find_spec("mlflow") is None:
+        raise UserError(f'--mlflow {uri}: MLflow is not installed; install it with `pip install -e ".[mlflow]"` '
+                        f'(or `pip install mlflow-skinny`), or leave out --mlflow')
+    if "://" not in uri and uri.split(":", 1)[0] not in ("file", "databricks", "databricks-uc", "sqlite"):
+        uri = Path(uri).expanduser().resolve().as_uri()
+    elif uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # a database file relative to here
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).expanduser().resolve()}"
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri)  # opens the store (a server is not contacted yet)
+    except Exception as err:  # MLflow's own errors: a scheme it does not know, a driver it lacks
+        raise UserError(f"--mlflow {uri}: MLflow cannot log there: {str(err).strip().splitlines()[0]}") from None
+    return uri
+
+
+def mlflow_callback(uri: str, run_dir: Path):
+    """Ray Tune's MLflow logger: an MLflow run per trial in the experiment named after the run folder, with the
+    trial's parameters and its metrics at every epoch (step = epoch); the last epoch's row holds the trial's
+    test metrics, so they are the metrics of its last step."""
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    return MLflowLoggerCallback(tracking_uri=uri, experiment_name=run_dir.name,
+                                tags={"lungsearch_run_folder": str(run_dir)})
 
 
 def trainable(config: dict[str, Any], conditions: dict, run_dir: str) -> None:
@@ -261,6 +495,7 @@ def connect(address: str | None) -> None:
     # after a trial finished still finds that trial finished on resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
+    quiet_ray()  # Ray's notices (its token authentication warning among them) go to the run folder's ray.log
     # Without an address, always a new private instance on loopback: never one that `ray start` left running.
     local = {} if target else {"_node_ip_address": "127.0.0.1"}
     watchdog = None
@@ -307,11 +542,14 @@ def build_trials(space: spaces.Space, settings: SearchSettings, run_constants: d
 
 
 def run_search(space_path: str | Path, data_arg: str | None = None, results_dir: str | Path = "results",
-               smoke: bool = False, address: str | None = None, **overrides: Any) -> Path:
+               smoke: bool = False, address: str | None = None, mlflow: str | None = None,
+               **overrides: Any) -> Path:
     """Check everything, write the run folder's manifest, run the search; return the run folder.
 
     With `address` (a Ray cluster), `results_dir` and the data folder must be paths every node reaches.
+    With `mlflow` (a tracking URI or a folder), every trial is logged to MLflow too (`mlflow_callback`).
     """
+    tracking = mlflow_uri(mlflow) if mlflow else None  # MLflow missing: say how to install it before any work
     if "://" in str(results_dir):
         raise UserError(f"--storage/--results must be a file system path every node can reach (NFS, or a bucket "
                         f"mounted with e.g. s3fs or gcsfuse), got the URI {results_dir!r}")
@@ -346,7 +584,7 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     print(f"run folder: {run_dir}", flush=True)
-    return execute(run_dir, address)
+    return execute(run_dir, address, mlflow=tracking)
 
 
 def write_run_folder(run_dir: Path, space: spaces.Space, settings: SearchSettings, smoke: bool, data_dir: Path,
@@ -375,30 +613,97 @@ def write_run_folder(run_dir: Path, space: spaces.Space, settings: SearchSetting
 
 
 def resume_search(run_dir: str | Path, address: str | None = None) -> Path:
-    """Finish an interrupted search to its planned size; finished trials are kept, not rerun."""
+    """Finish an interrupted search to its planned size; finished trials are kept, not rerun. A folder that
+    cannot be resumed is a UserError (before Ray starts) in the words `report` uses for it."""
     run_dir = Path(run_dir).expanduser().resolve()
-    if not (run_dir / "manifest.json").is_file() or not (run_dir / "ray").is_dir():
-        raise UserError(f"{run_dir} is not a lungsearch run folder (expected manifest.json and ray/ inside)")
-    if not tune.Tuner.can_restore(str(run_dir / "ray")):
-        raise UserError(f"{run_dir / 'ray'} holds no Ray Tune experiment state to resume from")
+    problem = run_folder_problem(run_dir)
+    if problem:
+        raise UserError(problem)
     return execute(run_dir, address, restore=True)
 
 
-def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
+def search_saved(run_dir: Path) -> bool:
+    """Whether Ray Tune saved the search in run_dir/ray as Tuner.restore needs it: tuner.pkl (Tuner.can_restore)
+    and an experiment state file (without one, restore raises). Tune writes both only once the search starts."""
+    ray_dir = run_dir / "ray"
+    return (ray_dir / "tuner.pkl").is_file() and any(ray_dir.glob("experiment_state-*.json"))
+
+
+def run_folder_problem(run_dir: Path) -> str | None:
+    """Why `resume` and `report` cannot use run_dir, in the words both print: no such folder, no manifest (not a
+    run folder), or a search that stopped before Ray Tune saved any state (it cannot be resumed: start it again,
+    with the `run` command given). None for a finished run (trials.csv) or one `resume` can finish."""
+    if not run_dir.is_dir():
+        return f"run folder {run_dir} does not exist; pass the folder `lungsearch run` printed last"
+    if not (run_dir / "manifest.json").is_file():
+        return (f"{run_dir} has no manifest.json: not a lungsearch run folder (pass the folder `lungsearch run` "
+                f"printed last)")
+    if (run_dir / "trials.csv").is_file() or search_saved(run_dir):
+        return None
+    manifest = store.read_json(run_dir / "manifest.json")
+    return (f"{run_dir} is a run that never started a trial: its `run` stopped before Ray Tune saved any state in "
+            f"{run_dir / 'ray'} (manifest: status {manifest.get('status', 'unknown')!r}, started "
+            f"{manifest.get('started', '?')}), so it cannot be resumed and there is nothing to report. Start it "
+            f"again with `{rerun_command(run_dir, manifest)}`")
+
+
+def rerun_command(run_dir: Path, manifest: dict[str, Any]) -> str:
+    """The `run` command that starts the run of run_dir again, as a new run folder with the same settings: the
+    flags for the settings that differ from what the space file's SETTINGS (and --smoke) give."""
+    space_file = Path(manifest.get("space_file") or run_dir / "space.py")
+    try:
+        if space_file.read_text() != manifest.get("space_source"):
+            space_file = run_dir / "space.py"  # the space file changed since: the copy the run used
+    except OSError:
+        space_file = run_dir / "space.py"
+    try:  # the space's SETTINGS as written (a literal dict), without running the file
+        tree = ast.parse(manifest.get("space_source", ""))
+        literal = next((ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                        and any(getattr(t, "id", None) == "SETTINGS" for t in node.targets)), {})
+        base = dataclasses.asdict(resolve_settings(SimpleNamespace(settings=literal, path=space_file), {},
+                                                   bool(manifest.get("smoke"))))
+    except (ValueError, TypeError, SyntaxError, UserError):  # not a literal: give every flag
+        base = {}
+    settings = dict(manifest.get("settings", {}))
+    if manifest.get("split_requested"):  # "auto", as given, rather than the split it resolved to
+        settings["split"] = manifest["split_requested"]
+    data_dir = manifest.get("data", {}).get("dir") or manifest.get("run_constants", {}).get("data_dir", "DIR")
+    words = ["python", "-m", "lungsearch", "run", str(space_file), "--data", str(data_dir), "--results",
+             str(run_dir.parent)] + (["--smoke"] if manifest.get("smoke") else [])
+    for key in ("split", "image_size", "max_epochs", "num_samples", "seed", "cpus_per_trial", "gpus_per_trial",
+                "max_concurrent", "max_failures", "searcher", "fixed_points"):
+        if settings.get(key) is None or (key in base and settings[key] == base[key]):
+            continue
+        if key == "fixed_points":
+            words += [] if settings[key] else [flag(key)]
+        else:
+            value = settings[key]
+            words += [flag(key), f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(words)
+
+
+def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: str | None = None) -> Path:
     """Start (or restore) the Tune experiment in run_dir/ray as the manifest describes, then write the tables.
 
     Returns the run folder when the search finished. Raises SearchIncomplete when it was interrupted (Ctrl-C:
     the manifest's status is "interrupted", no trials.csv, resume finishes it) or when every trial failed
-    (status "failed"; trials.csv lists the errors)."""
+    (status "failed"; trials.csv lists the errors). `mlflow`: an MLflow tracking URI (`mlflow_uri`) to log the
+    trials to; it is kept in the manifest, and a resumed search logs where the first part did."""
     manifest = store.read_json(run_dir / "manifest.json")
+    mlflow = manifest.get("mlflow") if restore else mlflow
     space = spaces.load(run_dir / "space.py")
     settings = SearchSettings(**manifest["settings"])
     started = time.time()
     interrupted, results, total = False, None, None
     try:
+        RAY_LOG_HANDLER.open(run_dir)  # Ray's notices, from ray.init on, go to run_dir/ray.log
         if not ray.is_initialized():  # run_search connected already, to check the cluster before the run folder
             connect(address)
         res = resources(settings)
+        if mlflow:
+            mlflow_uri(mlflow)  # (resume) the search's MLflow callback needs MLflow installed
+        manifest.update({"resources": {"cpu_per_trial": res["cpu"], "gpu_per_trial": res["gpu"]}, "mlflow": mlflow})
+        store.write_json(run_dir / "manifest.json", {**manifest, "status": "running"})
         param_space, points = build_trials(space, settings, manifest["run_constants"], manifest["held_for_smoke"])
         total = settings.num_samples + len(points)
         print(f"search: {settings.num_samples} sampled trial(s) + {len(points)} fixed point(s), "
@@ -424,7 +729,9 @@ def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
                     trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                 ),
                 run_config=tune.RunConfig(
-                    name="ray", storage_path=str(run_dir), verbose=0, callbacks=[Progress(total)],
+                    name="ray", storage_path=str(run_dir), verbose=0,
+                    callbacks=[Progress(total, settings.max_epochs),
+                               *([mlflow_callback(mlflow, run_dir)] if mlflow else [])],
                     failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 ),
             )
@@ -434,7 +741,9 @@ def execute(run_dir: Path, address: str | None, restore: bool = False) -> Path:
     except KeyboardInterrupt:  # Ctrl-C before the search started, or a second one while Tune was stopping
         interrupted = True
     finally:
+        Progress.close_all()  # a live status line a second Ctrl-C left on the terminal
         ray.shutdown()
+        RAY_LOG_HANDLER.close()
     wall = time.time() - started + (manifest.get("search_wall_s", 0) if restore else 0)
     manifest.update({"search_wall_s": round(wall, 1), "resumed": manifest.get("resumed", 0) + int(restore)})
     status = search_status(results, total, interrupted)
@@ -542,12 +851,24 @@ class FixedPointsFirst(Searcher):
             self.inner.on_trial_complete(trial_id, result, error)
 
     def save(self, checkpoint_path: str) -> None:
-        self.inner.save(checkpoint_path + ".inner")
-        Path(checkpoint_path).write_bytes(pickle.dumps((self.points, self.fixed_ids)))
+        """Everything in the one file Tune names: Tune saves to a temporary name and renames that file only, so
+        the inner searcher's state (written by its own save, in a private temporary folder) goes inside it."""
+        with tempfile.TemporaryDirectory(prefix="lungsearch-searcher-") as tmp:
+            self.inner.save(os.path.join(tmp, "inner"))
+            inner = Path(tmp, "inner").read_bytes()
+        state = {"points": self.points, "fixed_ids": self.fixed_ids, "inner": inner}
+        Path(checkpoint_path).write_bytes(pickle.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
-        self.inner.restore(checkpoint_path + ".inner")
-        self.points, self.fixed_ids = pickle.loads(Path(checkpoint_path).read_bytes())
+        state = pickle.loads(Path(checkpoint_path).read_bytes())
+        if not isinstance(state, dict) or "inner" not in state:  # an older lungsearch lost the inner state
+            raise UserError(f"{checkpoint_path} holds no state of the {type(self.inner).__name__} searcher (an "
+                            f"older lungsearch saved it beside that file, where Ray Tune lost it): this search "
+                            f"cannot be resumed; start it again with `python -m lungsearch run`")
+        with tempfile.TemporaryDirectory(prefix="lungsearch-searcher-") as tmp:
+            Path(tmp, "inner").write_bytes(state["inner"])
+            self.inner.restore(os.path.join(tmp, "inner"))
+        self.points, self.fixed_ids = list(state["points"]), set(state["fixed_ids"])
 
 
 def searcher(settings: SearchSettings, points: list[dict]):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import REPO
 
@@ -62,43 +63,144 @@ def final_trials(run_dir: Path) -> list[Path]:
     return [p.parent for p in (run_dir / "ray").glob("*/result.json") if '"final": true' in p.read_text()]
 
 
-def kill_driver_then_resume(tmp_path, dataset, extra=()):
-    """Start a search, SIGKILL its driver once a trial has finished, resume it, and check nothing was rerun."""
+def saved_state(run_dir: Path) -> tuple[int, dict[str, str]]:
+    """The experiment state Tune last copied into the run folder: its time (ns) and each trial's status by id;
+    (0, {}) before the first copy or while one is being written."""
+    states = sorted((run_dir / "ray").glob("experiment_state-*.json"))
+    try:
+        at = states[-1].stat().st_mtime_ns
+        trials = [json.loads(entry) for entry, _ in json.loads(states[-1].read_text())["trial_data"]]
+        return at, {t["trial_id"]: t["status"] for t in trials}
+    except (IndexError, ValueError, KeyError, OSError):
+        return 0, {}
+
+
+def recorded_ended(run_dir: Path, statuses: dict[str, str]) -> set[Path]:
+    """The folders of the trials that `statuses` records as ended (finished or stopped by ASHA)."""
+    ended = [f"_{trial_id}" for trial_id, status in statuses.items() if status == "TERMINATED"]
+    return {p for p in (run_dir / "ray").iterdir() if p.is_dir() and p.name.endswith(tuple(ended))} if ended else set()
+
+
+def kill_driver_then_resume(tmp_path, dataset, extra=(), flags=(), planned=6):
+    """Start a search, SIGKILL its driver once Tune's saved state records a finished trial, resume it, and check
+    that no trial the saved state records as ended was rerun. `extra` goes to run (its first two words to resume
+    too), `flags` to run only."""
     space_file = tmp_path / "lr.py"
     space_file.write_text(SPACE.replace('[3, 5, 7]', '[3]') % (3, 1))
     results = tmp_path / "results"
-    driver = subprocess.Popen([sys.executable, "-m", "lungsearch", "run", str(space_file), "--data", str(dataset),
-                               "--smoke", "--results", str(results), *extra], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    run_dir = None
-    while time.time() < deadline:
-        dirs = list(results.glob("*"))
-        if dirs and final_trials(dirs[0]):
-            run_dir = dirs[0]
-            break
-        time.sleep(0.5)
-    assert run_dir is not None, "no trial finished in time"
-    time.sleep(1.5)  # the experiment state is saved every second
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    done_before = {p.name: (p / "result.json").read_text() for p in final_trials(run_dir)}
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen([sys.executable, "-m", "lungsearch", "run", str(space_file), "--data",
+                                   str(dataset), "--smoke", "--results", str(results), *extra, *flags], cwd=REPO,
+                                  stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, recorded_at, run_dir = time.time() + 300, None, None
+        while time.time() < deadline and driver.poll() is None:
+            dirs = list(results.glob("*"))
+            if dirs:
+                at, statuses = saved_state(dirs[0])
+                if recorded_at is None and recorded_ended(dirs[0], statuses) & set(final_trials(dirs[0])):
+                    recorded_at = at  # the saved state records a finished trial, the searcher's state with it
+                elif recorded_at is not None and at > recorded_at:  # and Tune has copied its state again since
+                    run_dir = dirs[0]
+                    break
+            time.sleep(0.1)
+        assert run_dir is not None, ("no finished trial was recorded in the saved experiment state in time: "
+                                     + (tmp_path / "driver.log").read_text()[-3000:])
+        time.sleep(0.3)  # Tune copies its state once a second: kill between two copies, not during one
+    finally:
+        driver.kill()
+        driver.wait()
+    _, statuses = saved_state(run_dir)
+    assert statuses, "the saved experiment state is unreadable"
+    done_before = {p.name: (p / "result.json").read_text() for p in recorded_ended(run_dir, statuses)}
     assert not (run_dir / "trials.csv").exists()
+    from lungsearch import analysis
+    from lungsearch.config import UserError
+
+    with pytest.raises(UserError, match=f"did not finish; finish it with `python -m lungsearch resume {run_dir}`"):
+        analysis.load_run(run_dir)  # what `report` says: the same folder `resume` finishes below
 
     out = lungsearch("resume", run_dir, *extra[:2])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "(resumed)" in out.stdout
     trials = pd.read_csv(run_dir / "trials.csv", keep_default_na=False)
-    assert len(trials) == 6 and set(trials["status"]) <= {"finished", "stopped"}
+    assert len(trials) == planned and set(trials["status"]) <= {"finished", "stopped"}
+    assert sorted(trials.loc[trials["fixed_point"] != "", "fixed_point"]) == ["base", "bn_aug", "bn_aug_dropout"]
     for name, text in done_before.items():
         assert (run_dir / "ray" / name / "result.json").read_text() == text, f"{name} was rerun"
         assert trials.set_index("trial").loc[name, "retries"] == 0
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["resumed"] == 1
+    # the searcher's state is one file per save: nothing beside it, no temporary files left behind
+    leftovers = [p.name for p in (run_dir / "ray").iterdir() if p.is_file() and (p.name.endswith(".inner")
+                                                                                 or "-tmp-" in p.name)]
+    assert not leftovers, leftovers
+    return run_dir, manifest
 
 
 def test_resume_after_the_driver_is_killed_finishes_without_rerunning(tmp_path, dataset, cache_dir):
     kill_driver_then_resume(tmp_path, dataset)
+
+
+def test_a_tpe_search_resumes_after_the_driver_is_killed(tmp_path, dataset, cache_dir):
+    """The TPE searcher's state (and which fixed points already ran) survives Tune's save and restore."""
+    run_dir, manifest = kill_driver_then_resume(
+        tmp_path, dataset, flags=["--searcher", "tpe", "--max-epochs", "1", "--num-samples", "2"], planned=5)
+    assert manifest["settings"]["searcher"] == "tpe" and manifest["status"] == "finished"
+
+
+def test_fixed_points_first_saves_the_inner_searcher_inside_its_one_file(tmp_path):
+    """Tune saves a searcher to a temporary name and renames that one file: the inner state must be inside it."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from lungsearch.config import UserError
+    from lungsearch.run import FixedPointsFirst
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = {"learning_rate": tune.loguniform(1e-4, 1e-2), "dense_units": tune.choice([8, 16, 32]),
+             "image_size": 48, "fixed_point": ""}
+    points = [{"learning_rate": 1e-3, "dense_units": 16, "fixed_point": "base"},
+              {"learning_rate": 1e-3, "dense_units": 32, "fixed_point": "bn_aug"}]
+
+    def searcher():
+        s = FixedPointsFirst(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=0)), points)
+        assert s.set_search_properties("objective", "max", space)
+        return s
+
+    first_sampled = searcher()
+    first_sampled.points = []
+    untrained = first_sampled.suggest("x")  # what a searcher that saw nothing suggests first
+
+    a = searcher()
+    assert a.suggest("t1") == points[0]
+    a.save(str(tmp_path / "one.pkl"))
+    b = searcher()
+    b.restore(str(tmp_path / "one.pkl"))
+    assert b.points == points[1:] and b.fixed_ids == {"t1"}
+    assert b.suggest("t2") == points[1]  # the next fixed point, not the first again
+
+    assert a.suggest("t2") == points[1]
+    assert a.suggest("t3") == untrained
+    for epoch in (1, 2):
+        a.on_trial_result("t3", {"objective": 0.6 + epoch / 10, "training_iteration": epoch})
+    a.on_trial_complete("t3", {"objective": 0.8, "training_iteration": 2})
+    a.suggest("t4")  # left running at the save
+    a.save(str(tmp_path / "two.pkl"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.pkl", "two.pkl"]  # no file beside either
+
+    c = searcher()
+    c.restore(str(tmp_path / "two.pkl"))
+    assert c.points == [] and c.fixed_ids == {"t1", "t2"}
+    assert c.suggest("t5") == a.suggest("t5") != untrained  # the TPE state came back, sampler included
+    c.on_trial_complete("t4", {"objective": 0.7, "training_iteration": 1})  # the running trial is known
+    c.on_trial_complete("t1", {"objective": 0.9, "training_iteration": 1})  # a fixed point: not for the searcher
+    assert len(c.inner._ot_study.trials) == 3  # t3, t4, t5: no fixed point
+
+    (tmp_path / "old.pkl").write_bytes(__import__("pickle").dumps((points, set())))  # the old format lost it
+    with pytest.raises(UserError, match="holds no state of the OptunaSearch searcher.*cannot be resumed"):
+        searcher().restore(str(tmp_path / "old.pkl"))
 
 
 def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path, dataset, cache_dir):
