@@ -138,12 +138,9 @@ def kill_driver_then_resume(tmp_path, dataset, extra=(), flags=(), planned=6):
     return run_dir, manifest
 
 
-def test_resume_after_the_driver_is_killed_finishes_without_rerunning(tmp_path, dataset, cache_dir):
-    kill_driver_then_resume(tmp_path, dataset)
-
-
-def test_a_tpe_search_resumes_after_the_driver_is_killed(tmp_path, dataset, cache_dir):
-    """The TPE searcher's state (and which fixed points already ran) survives Tune's save and restore."""
+def test_a_tpe_search_resumes_after_the_driver_is_killed_without_rerunning(tmp_path, dataset, cache_dir):
+    """The TPE searcher's state (and which fixed points already ran) survives Tune's save and restore. (A random
+    search is killed and resumed the same way on a cluster in test_cluster.py.)"""
     run_dir, manifest = kill_driver_then_resume(
         tmp_path, dataset, flags=["--searcher", "tpe", "--max-epochs", "1", "--num-samples", "2"], planned=5)
     assert manifest["settings"]["searcher"] == "tpe" and manifest["status"] == "finished"
