@@ -1,4 +1,5 @@
-"""Trial configuration with the source report's defaults, and the error type for user mistakes."""
+"""Trial configuration with the source report's defaults, the error type for user mistakes, and `shown`, how a
+path is written into a message."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +11,16 @@ from typing import Any, Callable
 
 class UserError(Exception):
     """A mistake in the user's input (a path, a flag, a space file); the message says how to fix it."""
+
+
+def shown(name) -> str:
+    """A path or file name as text that prints and encodes anywhere: the bytes of a name that is not valid
+    UTF-8 (kept by Python as surrogates) written as \\xNN escapes."""
+    text = str(name)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 SPLITS = ("patient", "report", "target")
@@ -255,7 +266,7 @@ class SearchSettings:
     reduction_factor: int = 3  # ASHA: keep the best 1/reduction_factor at each rung
     searcher: str = "random"  # random | tpe
     fixed_points: bool = True
-    cpus_per_trial: float = 0  # 0: chosen from the cluster (see run.resources)
+    cpus_per_trial: float = 0  # 0: chosen from the cluster (see run.cluster.resources)
     gpus_per_trial: float = -1  # -1: one GPU per trial when the cluster has GPUs, else none
     max_concurrent: int = 0  # 0: as many as resources allow
     max_failures: int = 1  # retries of a trial that raises before it counts as failed

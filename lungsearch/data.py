@@ -1,8 +1,11 @@
-"""Read a chest X-ray folder, decode it once into a cached array, and split it into train/val/test parts."""
+"""Read a chest X-ray folder, decode it once into a cached array, and split it into train/val/test parts.
+
+`load` is the way in: `scan` lists the images, `read_image` decodes one, cache.py keeps the decoded array on
+disk, and `make_split` (with the protocols it names) splits the dataset into parts.
+"""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections import Counter
@@ -13,7 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import DECODE_TIME_NORMALIZATIONS, NORMALIZATIONS, UserError
+from .cache import cached_images, default_cache_dir
+from .cache import check_results_folder  # noqa: F401  data.check_results_folder, as run calls it
+from .config import DECODE_TIME_NORMALIZATIONS, NORMALIZATIONS, UserError, shown
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
 PARTS = ("train", "val", "test")
@@ -47,6 +52,13 @@ class Dataset:
     @property
     def unknown_patients(self) -> int:
         return sum(p.startswith("file:") for p in self.patients)
+
+    def without(self, unreadable: set[str]) -> Dataset:
+        """This dataset less the `unreadable` files, which it lists as such."""
+        keep = np.array([f not in unreadable for f in self.files], dtype=bool)
+        return Dataset(self.root, [f for f, k in zip(self.files, keep) if k], self.labels[keep], self.parts[keep],
+                       [p for p, k in zip(self.patients, keep) if k], [h for h, k in zip(self.hashes, keep) if k],
+                       self.fingerprint, sorted(unreadable), self.ignored)
 
 
 def patient_key(file_name: str, rel_path: str) -> str:
@@ -123,16 +135,6 @@ def read_image(path: Path, size: int | None, normalize: str = "none") -> np.ndar
     return image
 
 
-def shown(name) -> str:
-    """A path or file name as text that prints and encodes anywhere: the bytes of a name that is not valid
-    UTF-8 (kept by Python as surrogates) written as \\xNN escapes."""
-    text = str(name)
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def scan(data_dir: str | Path) -> Dataset:
     """List every image of a dataset folder with its part, label, patient and content hash.
 
@@ -205,103 +207,12 @@ def require_both_classes(ds: Dataset, readable: np.ndarray | None = None) -> Non
         raise UserError(empty_class_message(empty))
 
 
-CACHE_HINT = ("set LUNGSEARCH_CACHE to a folder you can write to (default ~/.cache/lungsearch), or make this one "
-              "writable")
-RESULTS_HINT = "pass --results with a folder you can write to (it is created if missing)"
-
-
-def writable_folder(path: str | Path, what: str, hint: str) -> Path:
-    """`path` (expanded, absolute) if it is a folder this process can write into, or one it can create;
-    else UserError naming `what` (the flag or variable), the path and `hint` (what to do)."""
-    path = Path(path).expanduser().absolute()
-
-    def refuse(why: str) -> UserError:
-        return UserError(f"{what} {shown(path)} {why}: {hint}")
-
-    try:
-        if path.exists() and not path.is_dir():
-            raise refuse("is a file, not a folder")
-        if path.is_symlink() and not path.exists():
-            raise refuse("is a broken symbolic link")
-        existing = path
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise refuse(f"cannot be created: {shown(existing)} is a file, not a folder")
-    except OSError as err:  # e.g. a parent folder that cannot be searched
-        raise refuse(f"cannot be reached ({err.strerror or err})") from err
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise refuse("is not writable" if existing == path
-                     else f"cannot be created: {shown(existing)} is not writable")
-    return path
-
-
-def check_results_folder(results_dir: str | Path) -> Path:
-    """Fail before any work when `run --results` is not a folder the run can be written into."""
-    return writable_folder(results_dir, "--results folder", RESULTS_HINT)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("LUNGSEARCH_CACHE") or Path.home() / ".cache" / "lungsearch").expanduser()
-
-
-def file_sha1(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha1").hexdigest()
-
-
-def read_cache(npy: Path, meta: Path, ds: Dataset, image_size: int, log) -> tuple[np.ndarray, set[str]] | None:
-    """The cached images and unreadable files of `ds`, or None when there is no cache entry or it is damaged
-    (a warning through `log`; the caller decodes afresh). Metadata written before byte sizes and checksums
-    were recorded is verified by loading the array and checking its shape."""
-    if not (npy.exists() and meta.exists()):
-        return None
-    try:
-        info = json.loads(meta.read_text())
-        bad = set(info["unreadable"])
-        if info.get("files", len(ds.files)) != len(ds.files) or not bad <= set(ds.files):
-            raise ValueError("its metadata lists other files than the dataset's")
-        if "npy_bytes" in info and npy.stat().st_size != info["npy_bytes"]:
-            raise ValueError(f"{npy.stat().st_size} bytes instead of {info['npy_bytes']}")
-        if "npy_sha1" in info and file_sha1(npy) != info["npy_sha1"]:
-            raise ValueError("its checksum does not match")
-        images = np.load(npy, mmap_mode="r")
-        expected = (len(ds.files) - len(bad), image_size, image_size)
-        if images.shape != expected or images.dtype != np.uint8:
-            raise ValueError(f"array of {images.shape} {images.dtype} instead of {expected} uint8")
-    except (OSError, ValueError, KeyError, TypeError, EOFError) as err:
-        log(f"warning: the cached images {shown(npy)} are damaged ({type(err).__name__}: {shown(err)}); "
-            f"decoding them afresh")
-        return None
-    return images, bad
-
-
-def write_cache(stem: Path, images: np.ndarray, ds: Dataset, bad: set[str]) -> None:
-    """The array, then its metadata (with byte size and checksum), each written to a temporary file and
-    renamed into place: trials may read the cache concurrently."""
-    npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
-    token = f"{os.getpid()}.{os.urandom(4).hex()}"
-    tmp_npy, tmp_meta = stem.with_name(f"{stem.name}.{token}.tmp.npy"), stem.with_name(f"{stem.name}.{token}.tmp.json")
-    try:
-        np.save(tmp_npy, images)
-        info = {"files": len(ds.files), "unreadable": sorted(bad), "shape": list(images.shape),
-                "dtype": str(images.dtype), "npy_bytes": tmp_npy.stat().st_size, "npy_sha1": file_sha1(tmp_npy)}
-        tmp_meta.write_text(json.dumps(info))
-        os.replace(tmp_npy, npy)
-        os.replace(tmp_meta, meta)
-    except OSError as err:
-        for tmp in (tmp_npy, tmp_meta):
-            tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write the image cache {shown(npy)} (LUNGSEARCH_CACHE): {err.strerror or err}; "
-                        f"{CACHE_HINT}") from err
-
-
 def load(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = None,
          log=print, normalize: str = "none") -> tuple[Dataset, np.ndarray]:
     """Scan a dataset and return it with its images (uint8, N x size x size), decoded once and cached on disk.
 
-    The cache is keyed by the dataset fingerprint (file names and contents), the image size and the
-    decode-time normalisation (see read_image), so a changed file, size or normalisation decodes afresh;
+    The cache (see cache.py) is keyed by the dataset fingerprint (file names and contents), the image size and
+    the decode-time normalisation (see read_image), so a changed file, size or normalisation decodes afresh;
     a damaged cache entry (truncated, or not matching its recorded size and checksum) is decoded afresh
     with a warning. Unreadable images are dropped from the dataset and listed in `Dataset.unreadable`.
     Every part folder must keep readable images of both classes (UserError otherwise), and the cache
@@ -310,33 +221,20 @@ def load(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = N
     method = decode_method(normalize)
     ds = scan(data_dir)
     require_both_classes(ds)
-    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    stem = cache / (f"{ds.fingerprint}-{image_size}" + ("" if method == "none" else f"-{method}"))
-    npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
-    cached = read_cache(npy, meta, ds, image_size, log)
-    if cached is not None:
-        images, bad = cached
-    else:
-        writable_folder(cache, "the image cache folder (LUNGSEARCH_CACHE)", CACHE_HINT)  # before decoding
+    folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+    def decode() -> list[np.ndarray | None]:
         how = "" if method == "none" else f" with {method}"
         log(f"decoding {len(ds.files)} images of {shown(ds.root)} at {image_size}x{image_size}{how} "
-            f"(once; cached in {shown(cache)})")
+            f"(once; cached in {shown(folder)})")
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             decoded = list(pool.map(lambda f: read_image(ds.root / f, image_size, method), ds.files))
-        bad = {f for f, img in zip(ds.files, decoded) if img is None}
         require_both_classes(ds, np.array([img is not None for img in decoded], dtype=bool))
-        images = np.stack([img for img in decoded if img is not None])
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"the image cache folder (LUNGSEARCH_CACHE) {shown(cache)} cannot be created "
-                            f"({err.strerror or err}): {CACHE_HINT}") from err
-        write_cache(stem, images, ds, bad)
+        return decoded
+
+    images, bad = cached_images(folder, ds.fingerprint, ds.files, image_size, method, decode, log)
     if bad:
-        keep = np.array([f not in bad for f in ds.files])
-        ds = Dataset(ds.root, [f for f, k in zip(ds.files, keep) if k], ds.labels[keep], ds.parts[keep],
-                     [p for p, k in zip(ds.patients, keep) if k], [h for h, k in zip(ds.hashes, keep) if k],
-                     ds.fingerprint, sorted(bad), ds.ignored)
+        ds = ds.without(bad)
         log(f"warning: skipped {len(bad)} unreadable image(s): {', '.join(shown(f) for f in sorted(bad)[:10])}"
             + (" ..." if len(bad) > 10 else ""))
     require_both_classes(ds)  # again without the unreadable images

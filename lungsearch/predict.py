@@ -2,7 +2,8 @@
 
 MODEL is a .keras file (threshold from the JSON card beside it, e.g. best_model.json, else 0.5), a
 model card (best_model.json) or an ensemble card (ensemble.json), whose members are each fed at their
-own input size and whose probabilities are averaged.
+own input size and whose probabilities are averaged. `evaluate` also says how many of the scored images
+the model was trained or validated on (overlap.py).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 from . import data
 from .config import UserError
 from .metrics import binary_metrics
+from .overlap import training_overlap
 
 BATCH = 256
 
@@ -191,110 +193,6 @@ def predict(model_path: str | Path, images: list[str]) -> int:
     return 1 if missing or bad else 0
 
 
-def run_folders(predictor: Predictor) -> list[Path]:
-    """Where the model's run folder may be: the card's run_dir, then the folder of the card or model (a run
-    folder that was moved or copied whole: best_model.json, ensemble.json, checkpoints/TRIAL/model.keras)."""
-    src = predictor.source
-    found = [Path(str(predictor.card["run_dir"])).expanduser()] if predictor.card.get("run_dir") else []
-    found.append(src.parent)
-    if src.parent.name == "ensemble":
-        found.append(src.parents[1])
-    if len(src.parents) > 2 and src.parents[1].name == "checkpoints":
-        found.append(src.parents[2])
-    return found
-
-
-def run_manifest(predictor: Predictor) -> tuple[dict[str, Any] | None, str]:
-    """The manifest of the run the model comes from, with its folder; or None with the reason it was not found."""
-    fingerprint = predictor.card.get("data_fingerprint")
-    other = None
-    for folder in run_folders(predictor):
-        try:
-            manifest = json.loads((folder / "manifest.json").read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if not isinstance(manifest, dict) or "run_constants" not in manifest:
-            continue
-        if fingerprint and (manifest.get("data") or {}).get("fingerprint") != fingerprint:
-            other = folder
-            continue
-        return manifest, str(folder)
-    if other is not None:
-        return None, f"the run folder {data.shown(other)} found has a manifest for other data than the model card's"
-    if predictor.card.get("run_dir"):
-        return None, f"its run folder {data.shown(predictor.card['run_dir'])} (manifest.json) is not reachable"
-    return None, "the model has no card naming its run (best_model.json, beside it) and no run folder around it"
-
-
-def run_dataset(manifest: dict[str, Any], evaluated: data.Dataset, root: Path) -> data.Dataset | None:
-    """The run's dataset as the run split it (unreadable images left out), found at the manifest's data folder or
-    at the folder being evaluated, and only when its fingerprint is the run's; else None."""
-    want = (manifest.get("data") or {}).get("fingerprint")
-    seen = set()
-    for folder in (Path(str(manifest["run_constants"].get("data_dir", ""))).expanduser(), root):
-        try:
-            folder = folder.resolve()
-            if folder in seen or not folder.is_dir():
-                continue
-            seen.add(folder)
-            ds = evaluated if evaluated.root == folder else data.scan(folder)
-        except (OSError, UserError):
-            continue
-        if ds.fingerprint == want:
-            bad = set((manifest.get("data") or {}).get("unreadable") or [])
-            keep = np.array([f not in bad for f in ds.files], dtype=bool)
-            return data.Dataset(ds.root, [f for f, k in zip(ds.files, keep) if k], ds.labels[keep], ds.parts[keep],
-                                [q for q, k in zip(ds.patients, keep) if k], [h for h, k in zip(ds.hashes, keep) if k],
-                                ds.fingerprint, sorted(bad), ds.ignored)
-    return None
-
-
-def training_overlap(predictor: Predictor, scored: list[str], evaluated: data.Dataset, root: Path) -> None:
-    """Say how many of the scored images (by content hash) the model was trained or validated on, from its run's
-    split rebuilt from the run's manifest; or that this could not be checked, and why."""
-    def unchecked(why: str) -> None:
-        print(f"note: could not check whether these images overlap the model's training and validation data: {why}",
-              file=sys.stderr)
-
-    manifest, where = run_manifest(predictor)
-    if manifest is None:
-        return unchecked(where)
-    consts = manifest["run_constants"]
-    ds = run_dataset(manifest, evaluated, root)
-    if ds is None:
-        return unchecked(f"the run's dataset {data.shown(consts.get('data_dir'))} (fingerprint "
-                         f"{(manifest.get('data') or {}).get('fingerprint')}) is not there or has changed, so its "
-                         f"split cannot be rebuilt")
-    try:
-        split = data.make_split(ds, consts["split"], int(consts.get("seed", 0)), int(consts.get("data_limit", 0)))
-    except (UserError, KeyError, ValueError) as err:
-        return unchecked(f"the run's split cannot be rebuilt ({err})")
-    part_of: dict[str, str] = {}
-    for part in ("test", "holdout", "val", "train"):  # an image in two parts counts in the first of train, val, ...
-        for i in split.get(part, []):
-            part_of[ds.hashes[i]] = part
-    counts = {part: sum(part_of.get(h) == part for h in scored) for part in ("train", "val", "holdout", "test")}
-    configs = [m.get("config") or {} for m in predictor.card.get("members") or [predictor.card]]
-    holdout_selected = any(c.get("early_stop_on") == "holdout" for c in configs)
-    seen = counts["train"] + counts["val"] + (counts["holdout"] if holdout_selected else 0)
-    run = f"run {data.shown(where)}, {consts['split']} split"
-    if not seen:
-        extra = [f"{counts[p]:,} are in its {name} part" for p, name in (("holdout", "holdout"), ("test", "test"))
-                 if counts[p]]
-        print(f"data overlap: none of the {len(scored):,} scored images is in this model's training or validation "
-              f"part ({run}; compared by file content)" + (": " + ", ".join(extra) if extra else ""))
-        return None
-    parts = [f"{counts['train']:,} of the {len(scored):,} scored images were in this model's training part",
-             f"{counts['val']:,} in its validation part"]
-    if counts["holdout"]:
-        parts.append(f"{counts['holdout']:,} in its holdout part"
-                     + (" (which early stopping watched)" if holdout_selected else " (not trained on)"))
-    print(f"warning: {' and '.join(parts) if len(parts) == 2 else ', '.join(parts[:-1]) + ' and ' + parts[-1]}: "
-          f"these metrics are optimistic ({run}; compared by file content). Score images the model never saw: "
-          f"the run's report gives its untouched test part", file=sys.stderr)
-    return None
-
-
 def evaluate(model_path: str | Path, data_dir: str | Path | None) -> int:
     """Print the metrics of a dataset folder (default $LUNGSEARCH_DATA): its test/ part, or every image."""
     data_dir = data_dir or os.environ.get("LUNGSEARCH_DATA")
@@ -318,7 +216,7 @@ def evaluate(model_path: str | Path, data_dir: str | Path | None) -> int:
     print(f"{predictor.source.name} on {data.shown(ds.root)}{'' if test else ' (no test/ part: every image)'}: "
           f"{len(y)} images, {int((y == 0).sum())} NORMAL / {int((y == 1).sum())} PNEUMONIA, "
           f"fingerprint {ds.fingerprint}")
-    training_overlap(predictor, [h for h, k in zip(ds.hashes, keep) if k], ds, root)
+    training_overlap(predictor.source, predictor.card, [h for h, k in zip(ds.hashes, keep) if k], ds, root)
     if test and predictor.card.get("split_protocol") == "target":
         print("warning: this model comes from a search on the target split, which chose it (and its threshold) on "
               "half of a test/ folder's patients; if this is that dataset, half of these images are its validation "

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import data
+from . import cache, data
 from .config import UserError
 
 MARKER = ".lungsearch-prepare.json"  # written into DEST last: what was prepared, from which archive
@@ -235,7 +235,7 @@ def prepare(archive: str | Path, dest: str | Path, log: Callable[[str], object] 
             log(f"--data {shlex.quote(str(dest))}")
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
-        data.writable_folder(dest.parent, "DEST's parent folder", "pass a DEST in a folder you can write to")
+        cache.writable_folder(dest.parent, "DEST's parent folder", "pass a DEST in a folder you can write to")
         free = shutil.disk_usage(dest.parent).free
         if free < plan.bytes * 1.05 + (50 << 20):
             raise UserError(f"not enough disk space in {data.shown(dest.parent)}: the images take "

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import copy_into, make_dataset, truncate
-from lungsearch import data
+from lungsearch import cache, data
 from lungsearch.config import UserError
 
 
@@ -264,21 +264,21 @@ def test_cache_folder_that_is_a_file_is_a_user_error_naming_the_variable(dataset
 
 def test_read_only_cache_folder_is_a_user_error(dataset, tmp_path, monkeypatch):
     import os
-    cache = tmp_path / "ro"
-    cache.mkdir()
-    monkeypatch.setenv("LUNGSEARCH_CACHE", str(cache))
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    monkeypatch.setenv("LUNGSEARCH_CACHE", str(folder))
     if os.geteuid() != 0:
-        cache.chmod(0o500)
+        folder.chmod(0o500)
         try:
-            with pytest.raises(UserError, match=f"LUNGSEARCH_CACHE.*{cache} is not writable"):
+            with pytest.raises(UserError, match=f"LUNGSEARCH_CACHE.*{folder} is not writable"):
                 data.load(dataset, 24)
         finally:
-            cache.chmod(0o700)
+            folder.chmod(0o700)
     else:  # root writes anywhere: check the rule itself on a folder the process may not write
         real_access = os.access
-        monkeypatch.setattr(data.os, "access", lambda p, mode, **k: False if str(p) == str(cache)
+        monkeypatch.setattr(cache.os, "access", lambda p, mode, **k: False if str(p) == str(folder)
                             else real_access(p, mode, **k))
-        with pytest.raises(UserError, match=f"LUNGSEARCH_CACHE.*{cache} is not writable"):
+        with pytest.raises(UserError, match=f"LUNGSEARCH_CACHE.*{folder} is not writable"):
             data.load(dataset, 24)
 
 
@@ -289,9 +289,9 @@ def test_results_folder_is_checked_before_any_work(dataset, tmp_path):
     with pytest.raises(UserError, match=f"--results folder {blocker} is a file, not a folder: pass --results"):
         run.run_search("spaces/report.py", str(dataset), results_dir=blocker)
     with pytest.raises(UserError, match="--results folder .*cannot be created: .* is a file"):
-        data.check_results_folder(blocker / "runs")
+        cache.check_results_folder(blocker / "runs")
     fresh = tmp_path / "new" / "runs"
-    assert data.check_results_folder(fresh) == fresh and not fresh.exists()  # checked, not created
+    assert cache.check_results_folder(fresh) == fresh and not fresh.exists()  # checked, not created
 
 
 @pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root can write into a read-only folder")
@@ -301,7 +301,7 @@ def test_read_only_results_folder_is_a_user_error(tmp_path):
     folder.chmod(0o500)
     try:
         with pytest.raises(UserError, match=f"--results folder {folder} is not writable"):
-            data.check_results_folder(folder)
+            cache.check_results_folder(folder)
     finally:
         folder.chmod(0o700)
 
