@@ -1,10 +1,11 @@
 """Rank a run's trials by the search's objective, evaluate the best models and the report's three models on
 the held-out test part (bootstrap confidence intervals over resampled patients) and, with the target split,
 on the in-distribution holdout; compare the best trial with the base model (paired bootstrap); average the top
-trials into an ensemble, export models. No plotting here. Thresholds are only ever chosen on the validation
-part."""
+trials into an ensemble, export models. Thresholds are only ever chosen on the validation part. The statistics
+themselves (threshold, bootstrap, paired difference) are in metrics; no plotting here (figures)."""
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +16,10 @@ import pandas as pd
 
 from . import data, models, space as spaces, store
 from .config import FIXED_POINTS, TrialConfig, UserError
-from .metrics import binary_metrics
+from .metrics import binary_metrics, bootstrap_ci, paired_difference, val_threshold
 from .predict import load_model
 
 FIXED = tuple(FIXED_POINTS)  # base, bn_aug, bn_aug_dropout
-CI_METRICS = ("accuracy", "precision", "recall", "f1", "specificity", "auc")
 CI_TEXT = ("95% percentile bootstrap intervals over 1000 seeded resamples of the test patients (a drawn patient "
            "brings all of its images: images of one child are not independent)")
 # The source report's test figures (random 80:20 image split); no loss, recall and precision for base only.
@@ -101,7 +101,7 @@ def load_run(run_dir: str | Path) -> Run:
     """Read a run folder; a folder that is not a finished run is a UserError saying what to do."""
     run_dir = Path(run_dir).expanduser().resolve()
     if not (run_dir / "trials.csv").is_file() or not (run_dir / "manifest.json").is_file():
-        from .run import run_folder_problem  # (imports Ray) the words `resume` uses for the same folder
+        from .run.folder import run_folder_problem  # the words `resume` uses for the same folder
 
         raise UserError(run_folder_problem(run_dir) or
                         f"{run_dir} has no trials.csv: the search did not finish; finish it with "
@@ -164,106 +164,9 @@ class RunData:
         return np.array([self.ds.patients[i] for i in self.split[part]], dtype=object)
 
 
-def val_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """The decision threshold that maximises F1 on (y, p), placed midway between two distinct scores;
-    among equally good thresholds the one nearest 0.5. Use on validation data only. Cut i calls the scores
-    from values[i] up positive under binary_metrics' rule `p > threshold`: it lies below values[i] and not
-    below values[i - 1] (the lower score itself where two scores are too close to have a midpoint)."""
-    y = np.asarray(y).ravel().astype(bool)
-    p = np.clip(np.asarray(p).ravel().astype(np.float64), 1e-7, 1 - 1e-7)  # as binary_metrics compares
-    if not y.any():
-        return 0.5
-    values = np.unique(p)
-    mid = (values[:-1] + values[1:]) / 2
-    cuts = np.concatenate([[values[0] / 2], np.where(mid < values[1:], mid, values[:-1])])
-    tp = y.sum() - np.searchsorted(np.sort(p[y]), values, side="left")
-    fp = (~y).sum() - np.searchsorted(np.sort(p[~y]), values, side="left")
-    f1 = 2 * tp / (tp + y.sum() + fp)
-    best = np.flatnonzero(np.isclose(f1, f1.max(), rtol=0, atol=1e-12))
-    return float(cuts[best[np.argmin(np.abs(cuts[best] - 0.5))]])
-
-
-def weighted_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
-    """binary_metrics' accuracy, precision, recall, F1, specificity and AUC for many weightings at once:
-    row b of `w` (B x N) counts how often each sample is drawn. Vectorised for the bootstrap."""
-    y = np.asarray(y).ravel().astype(bool)
-    p = np.clip(np.asarray(p).ravel().astype(np.float64), 1e-7, 1 - 1e-7)
-    pred = p > threshold  # as binary_metrics and Keras' metrics
-    tp, fp, fn, tn = w @ (pred & y), w @ (pred & ~y), w @ (~pred & y), w @ (~pred & ~y)
-
-    def ratio(a, b):
-        return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
-
-    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
-    order = np.argsort(p, kind="mergesort")
-    sorted_p, ws = p[order], w[:, order]
-    starts = np.flatnonzero(np.r_[True, np.diff(sorted_p) != 0])  # groups of tied scores
-    pos = np.add.reduceat(ws * y[order], starts, axis=1)
-    neg = np.add.reduceat(ws * ~y[order], starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
-    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = np.where((n_pos > 0) & (n_neg > 0), (pos * (below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg), np.nan)
-    return {"accuracy": ratio(tp + tn, tp + tn + fp + fn), "precision": precision, "recall": recall,
-            "f1": ratio(2 * precision * recall, precision + recall), "specificity": ratio(tn, tn + fp), "auc": auc}
-
-
-def resample_weights(groups: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """B x N weights of a seeded cluster bootstrap: each resample draws as many groups (patients) as there
-    are, with replacement, and each image counts as often as its group was drawn. With one group per image
-    this is the ordinary bootstrap of images."""
-    _, inverse = np.unique(np.asarray(groups).ravel(), return_inverse=True)
-    g = int(inverse.max()) + 1
-    idx = np.random.default_rng(seed).integers(0, g, (n_boot, g))
-    counts = np.bincount((idx + g * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * g)
-    return counts.reshape(n_boot, g)[:, inverse].astype(np.float64)
-
-
-def percentiles(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    tail = 100 * (1 - level) / 2
-    return tuple(float(v) for v in np.nanpercentile(values, [tail, 100 - tail]))
-
-
-def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95, groups: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals for CI_METRICS over `n_boot` seeded resamples of the patients in `groups`
-    (one key per image); without groups, of the images."""
-    w = resample_weights(np.arange(len(np.ravel(y))) if groups is None else groups, n_boot, seed)
-    values = weighted_metrics(y, p, w, threshold)
-    return {m: percentiles(values[m], level) for m in CI_METRICS}
-
-
-PAIRED = (("f1_at_0.5", "f1", False), ("f1_at_threshold", "f1", True), ("auc", "auc", False))
-
-
-def paired_difference(best: Evaluation, base: Evaluation, n_boot: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> dict[str, dict[str, Any]]:
-    """Best minus base on the test part: F1 at 0.5, F1 at each model's own validation threshold, and AUC,
-    each with a paired bootstrap interval: the same resamples of test patients score both models, so the
-    interval is that of the difference (patients both find easy or hard do not widen it)."""
-    y = best.y["test"]
-    if not np.array_equal(y, base.y["test"]):
-        raise ValueError("the two models were not scored on the same test images")
-    n = len(np.ravel(y))
-    w = np.vstack([np.ones((1, n)), resample_weights(np.arange(n) if best.groups is None else best.groups,
-                                                     n_boot, seed)])  # row 0: the test part as it is
-    scores = {(e, tuned): weighted_metrics(y, ev.p["test"], w, ev.threshold if tuned else 0.5)
-              for e, ev in (("best", best), ("base", base)) for tuned in (False, True)}
-    out = {}
-    for key, metric, tuned in PAIRED:
-        b, a = scores["best", tuned][metric], scores["base", tuned][metric]
-        out[key] = {"best": float(b[0]), "base": float(a[0]), "difference": float(b[0] - a[0]),
-                    "ci95": percentiles(b[1:] - a[1:], level)}
-    return out
-
-
-def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
-    y = np.asarray(y).ravel().astype(bool)
-    order = np.argsort(-np.asarray(p).ravel(), kind="mergesort")
-    tp, fp = np.cumsum(y[order]), np.cumsum(~y[order])
-    last = np.r_[np.diff(np.asarray(p).ravel()[order]) != 0, True]
-    return (np.r_[0, fp[last] / max(fp[-1], 1)], np.r_[0, tp[last] / max(tp[-1], 1)])
+def fmt(v: Any, digits: int = 4) -> str:
+    """A number for the report and its figures: `digits` decimals, a dash when missing (None or NaN)."""
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
 def vs_base_text(a: "Analysis") -> str:

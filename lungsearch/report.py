@@ -1,30 +1,22 @@
-"""The run report: figures (matplotlib Figures, Agg PNGs), report.md and a self-contained report.html."""
+"""The run report: its sections (words and tables) written as report.md and a self-contained report.html;
+write_report also draws the figures (figures), writes evaluation.json and exports the best model (analysis)."""
 from __future__ import annotations
 
 import base64
 import html
-import math
 import re
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from . import analysis, data, store
-from .analysis import CI_METRICS, FIXED, SOURCE_REPORT, SPLIT_NAMES, Analysis, Evaluation, objective_text
+from .analysis import FIXED, SOURCE_REPORT, SPLIT_NAMES, Analysis, Evaluation, fmt, objective_text
+from .figures import STATUS_WORDS, fig_asha, fig_best, fig_curves, fig_params, fig_samples, fig_shift
+from .metrics import CI_METRICS
 from .predict import load_model
 
-CURVE_METRICS = ("loss", "accuracy", "f1", "auc", "precision", "recall")
-STATUS_COLOURS = {"finished": "tab:green", "stopped": "tab:orange", "diverged": "tab:brown", "failed": "tab:red",
-                  "not started": "grey"}
 SHIFT_METRICS = ("auc", "accuracy", "specificity")
-STATUS_WORDS = "green: finished, orange: stopped by ASHA, brown: diverged"
-
-
-def fmt(v: Any, digits: int = 4) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
 def count(n: int, word: str, words: str = "") -> str:
@@ -53,124 +45,6 @@ def one_class(shown: list[Evaluation], tuned: bool) -> list:
 def with_ci(ev: Evaluation, m: str, tuned: bool = False) -> str:
     lo, hi = (ev.ci_tuned if tuned else ev.ci)[m]
     return f"{fmt((ev.test_tuned if tuned else ev.test)[m])} [{fmt(lo, 3)}, {fmt(hi, 3)}]"
-
-
-def save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    return path
-
-
-def fig_samples(a: Analysis, folder: Path) -> Path:
-    """Sample training images per class at the run's input size."""
-    rng, train = np.random.default_rng(0), a.data.split["train"]
-    fig = Figure(figsize=(11, 4.4), layout="constrained")
-    axes = fig.subplots(2, 6, subplot_kw={"frame_on": False, "xticks": [], "yticks": []})
-    for row, label in enumerate((0, 1)):
-        idx = train[a.data.ds.labels[train] == label]
-        for ax, i in zip(axes[row], rng.choice(idx, min(6, len(idx)), replace=False)):
-            ax.imshow(a.data.images[i], cmap="gray", vmin=0, vmax=255)
-            name = data.shown(Path(a.data.ds.files[i]).name)  # in full, wrapped
-            ax.set_title("\n".join([data.CLASSES[label], *(name[k:k + 32] for k in range(0, len(name), 32))]),
-                         fontsize=7)
-    return save(fig, folder / "samples.png")
-
-
-def fig_curves(a: Analysis, folder: Path, trials: list[str]) -> Path:
-    fig, h = Figure(figsize=(13, 7.5), layout="constrained"), a.run.history
-    axes = fig.subplots(2, 3)
-    for k, t in enumerate(trials):
-        rows, label = h[h["trial"] == t], a.evals[t].name if t in a.evals else t
-        for ax, m in zip(axes.flat, CURVE_METRICS):
-            ax.plot(rows["epoch"], rows[m], color=f"C{k}", marker=".", label=f"{label}: training")
-            ax.plot(rows["epoch"], rows[f"val_{m}"], color=f"C{k}", ls="--", marker=".", label=f"{label}: validation")
-    for ax, m in zip(axes.flat, CURVE_METRICS):
-        ax.set(title=m, xlabel="epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=8)
-    return save(fig, folder / "learning_curves.png")
-
-
-def fig_best(a: Analysis, folder: Path) -> Path:
-    """ROC curve of the best model (and the ensemble) on test, confusion matrices at both thresholds."""
-    fig = Figure(figsize=(14, 4.2), layout="constrained")
-    axes = fig.subplots(1, 3)
-    for ev in filter(None, (a.best, a.ensemble)):
-        axes[0].plot(*analysis.roc_points(ev.y["test"], ev.p["test"]), label=f"{ev.name} (AUC {fmt(ev.test['auc'])})")
-    axes[0].plot([0, 1], [0, 1], ":", color="grey")
-    axes[0].set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (recall)",
-                title="ROC on the test part", aspect="equal")
-    axes[0].legend(loc="lower right", fontsize=8)
-    for ax, (thr, m, why) in zip(axes[1:], ((0.5, a.best.test, "default"),
-                                            (a.best.threshold, a.best.test_tuned, "chosen on validation"))):
-        cm = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
-        ax.imshow(cm, cmap="Blues")
-        for (r, c), v in np.ndenumerate(cm):
-            ax.text(c, r, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
-        ax.set_xticks([0, 1], data.CLASSES)
-        ax.set_yticks([0, 1], data.CLASSES, rotation=90, va="center")
-        ax.set(xlabel="predicted", ylabel="true", title=f"{a.best.name} on test, threshold {thr:.3f}\n({why})")
-    return save(fig, folder / "best_model.png")
-
-
-def fig_asha(a: Analysis, folder: Path) -> Path:
-    """Epochs each trial survived, and the objective (validation F1 in older runs) at each ASHA rung."""
-    b, h, rungs, col = a.board, a.run.history, analysis.asha_rungs(a.run), analysis.score_column(a.run.history)
-    fig = Figure(figsize=(11, 3.8), layout="constrained")
-    axes = fig.subplots(1, 2)
-    present = [s for s in STATUS_COLOURS if (b["status"] == s).any()]
-    axes[0].hist([b.loc[b["status"] == s, "epochs_run"] for s in present], stacked=True, label=present, rwidth=0.8,
-                 bins=np.arange(-0.5, b["epochs_run"].max() + 1), color=[STATUS_COLOURS[s] for s in present])
-    axes[0].set(xlabel="epochs trained", ylabel="trials", title="epochs each trial survived (all trials)")
-    for axis in (axes[0].xaxis, axes[0].yaxis):  # counts of trials and epochs: whole numbers
-        axis.get_major_locator().set_params(integer=True)
-    axes[0].legend(fontsize=8)
-    for k, (r, _) in enumerate(rungs):
-        at = h[h["epoch"] == r]
-        fixed = (at["fixed_point"].fillna("") != "").to_numpy()
-        axes[1].scatter(k + 0.15 * fixed, at[col], c=np.where(fixed, "tab:purple", "tab:blue"),
-                        s=np.where(fixed, 60, 20))
-    axes[1].set_xticks(range(len(rungs)), [f"epoch {r}\n{len(f1)} sampled" for r, f1 in rungs])
-    axes[1].set(ylabel=col, title=f"{col} at each rung (blue: sampled, purple: fixed points)")
-    return save(fig, folder / "asha.png")
-
-
-def fig_params(a: Analysis, folder: Path) -> Path | None:
-    params, score_col = [c for c in a.board.columns if c.startswith("cfg_")], analysis.score_column(a.board)
-    if not params:
-        return None
-    cols, rng = min(4, len(params)), np.random.default_rng(0)
-    fig = Figure(figsize=(3.3 * cols, 2.9 * math.ceil(len(params) / cols)), layout="constrained")
-    axes = fig.subplots(math.ceil(len(params) / cols), cols, squeeze=False)
-    for ax, col in zip(axes.flat, params):
-        rows = a.board[a.board[score_col].notna() & a.board[col].notna()]
-        x = rows[col]
-        if pd.api.types.is_bool_dtype(x) or not pd.api.types.is_numeric_dtype(x) or x.nunique() <= 2:
-            cats = sorted(x.astype(str).unique())
-            ax.set_xticks(range(len(cats)), cats)
-            x = x.astype(str).map(cats.index) + rng.uniform(-0.12, 0.12, len(x))
-        elif (x > 0).all() and x.max() / x.min() > 20:
-            ax.set_xscale("log")
-        ax.scatter(x, rows[score_col], c=[STATUS_COLOURS.get(s, "grey") for s in rows["status"]], s=22)
-        ax.set(title=col[4:], ylabel=score_col)
-    for ax in list(axes.flat)[len(params):]:
-        ax.axis("off")
-    return save(fig, folder / "hyperparameters.png")
-
-
-def fig_shift(a: Analysis, folder: Path) -> Path | None:
-    """Per trial (kept epoch): holdout AUC (in-distribution) against validation AUC (target distribution)."""
-    rows = a.board.dropna(subset=["holdout_auc", "val_auc"]) if "holdout_auc" in a.board else a.board.iloc[:0]
-    if rows.empty:
-        return None
-    fig = Figure(figsize=(6.5, 6), layout="constrained")
-    ax = fig.subplots()
-    ax.scatter(rows["holdout_auc"], rows["val_auc"], c=[STATUS_COLOURS.get(s, "grey") for s in rows["status"]], s=28)
-    for r in rows[rows["fixed_point"] != ""].itertuples():
-        ax.annotate(r.fixed_point, (r.holdout_auc, r.val_auc), xytext=(5, 4), textcoords="offset points", fontsize=8)
-    ax.axline((0.5, 0.5), slope=1, ls=":", color="grey")  # y = x
-    ax.set(xlabel="holdout AUC (in-distribution)", ylabel="validation AUC (target distribution)", aspect="equal",
-           title="Each trial at its kept epoch: points below the\ndiagonal lose on the target distribution")
-    return save(fig, folder / "shift.png")
 
 
 def table1(a: Analysis) -> tuple[str, list[str], list[list[str]]]:

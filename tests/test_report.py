@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO, make_dataset, truncate
 
-from lungsearch import analysis, cli, report
+from lungsearch import analysis, cli, figures, metrics, report
 from lungsearch.config import OBJECTIVE_TEXT, UserError
 from lungsearch.metrics import binary_metrics
 
@@ -66,10 +66,10 @@ def test_run_ends_with_the_report_and_the_exported_best_model(run):
     for name in ("leaderboard.csv", "evaluation.json", "report.md", "report.html", "best_model.keras",
                  "best_model.json"):
         assert (run_dir / name).is_file(), name
-    figures = sorted((run_dir / "figures").glob("*.png"))
-    assert {p.stem for p in figures} >= {"samples", "learning_curves", "best_model", "asha", "hyperparameters",
-                                         "shift"}
-    for p in figures:
+    pngs = sorted((run_dir / "figures").glob("*.png"))
+    assert {p.stem for p in pngs} >= {"samples", "learning_curves", "best_model", "asha", "hyperparameters",
+                                      "shift"}
+    for p in pngs:
         check_png(p.read_bytes())
 
     board = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False)
@@ -198,20 +198,20 @@ def test_threshold_bootstrap_and_roc_agree_with_binary_metrics():
     y = rng.integers(0, 2, 300)
     p = np.clip(0.35 * y + 0.65 * rng.random(300), 0, 1)
     p[:30] = 0.5  # ties
-    thr = analysis.val_threshold(y, p)
+    thr = metrics.val_threshold(y, p)
     brute = max(binary_metrics(y, p, t)["f1"] for t in np.linspace(0, 1, 1001))
     assert binary_metrics(y, p, thr)["f1"] >= brute - 1e-12
     for t in (0.5, thr):
-        once = analysis.weighted_metrics(y, p, np.ones((1, len(y))), t)
+        once = metrics.weighted_metrics(y, p, np.ones((1, len(y))), t)
         exact = binary_metrics(y, p, t)
-        for k in analysis.CI_METRICS:
+        for k in metrics.CI_METRICS:
             assert once[k][0] == pytest.approx(exact[k], abs=1e-12), k
-    ci = analysis.bootstrap_ci(y, p, 0.5, n_boot=500, seed=1)
-    assert ci == analysis.bootstrap_ci(y, p, 0.5, n_boot=500, seed=1)
+    ci = metrics.bootstrap_ci(y, p, 0.5, n_boot=500, seed=1)
+    assert ci == metrics.bootstrap_ci(y, p, 0.5, n_boot=500, seed=1)
     point = binary_metrics(y, p)
     for k, (lo, hi) in ci.items():
         assert lo <= point[k] <= hi and hi - lo < 0.3, k
-    fpr, tpr = analysis.roc_points(y, p)
+    fpr, tpr = metrics.roc_points(y, p)
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
     assert np.trapezoid(tpr, fpr) == pytest.approx(point["auc"], abs=1e-12)
 
@@ -245,11 +245,11 @@ def test_shift_section_and_figure_without_and_with_a_holdout(tmp_path):
                         board=pd.DataFrame({"holdout_auc": [np.nan], "val_auc": [0.8]}))
     [(kind, text)] = report.shift_blocks(a, [], None, "chosen on the validation part")
     assert kind == "p" and "patient split has no in-distribution holdout" in text
-    assert report.fig_shift(a, tmp_path) is None
+    assert figures.fig_shift(a, tmp_path) is None
     a.board = pd.DataFrame({"holdout_auc": [0.95, 0.9, np.nan], "val_auc": [0.7, 0.92, 0.8],
                             "status": ["finished", "diverged", "failed"], "fixed_point": ["base", "", ""]})
-    check_png(report.fig_shift(a, tmp_path).read_bytes())
-    assert "diverged" in report.STATUS_COLOURS
+    check_png(figures.fig_shift(a, tmp_path).read_bytes())
+    assert "diverged" in figures.STATUS_COLOURS
 
 
 def test_clear_errors_for_folders_that_are_not_finished_runs(tmp_path, capsys):
