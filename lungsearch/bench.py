@@ -75,7 +75,7 @@ def trials_per_hour(data_dir: Path, trials: int = 4) -> tuple[float, float]:
 
 
 def run_bench(data_arg: str | None, smoke: bool, search: bool = True) -> dict[str, Any]:
-    from .run import data_dir_from
+    from .run.settings import data_dir_from
 
     import keras
 

@@ -7,6 +7,7 @@ import pytest
 
 from lungsearch import run
 from lungsearch.config import UserError
+from lungsearch.run import progress, tracking
 
 needs_mlflow = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
                                   reason='MLflow is not installed (pip install -e ".[mlflow]" or mlflow-skinny)')
@@ -20,7 +21,7 @@ class Trial:
         self.local_path = None
 
     def __str__(self) -> str:
-        return run.trial_name(self)
+        return progress.trial_name(self)
 
 
 @needs_mlflow
@@ -32,11 +33,11 @@ def test_each_trial_is_an_mlflow_run_with_its_parameters_and_metrics_per_epoch(t
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # run sets it (a folder named is consent to a file store)
-    uri = run.mlflow_uri("mlruns")  # a folder, as the user typed it: an absolute file:// URI
+    uri = tracking.mlflow_uri("mlruns")  # a folder, as the user typed it: an absolute file:// URI
     assert uri == (tmp_path / "mlruns").resolve().as_uri()
-    assert run.mlflow_uri(uri) == uri
+    assert tracking.mlflow_uri(uri) == uri
     run_dir = tmp_path / "results" / "20260101-120000-ablation"
-    callback = run.mlflow_callback(uri, run_dir)
+    callback = tracking.mlflow_callback(uri, run_dir)
     assert isinstance(callback, MLflowLoggerCallback)
     assert (callback.tracking_uri, callback.experiment_name) == (uri, run_dir.name)
 
@@ -66,7 +67,7 @@ def test_each_trial_is_an_mlflow_run_with_its_parameters_and_metrics_per_epoch(t
 @needs_mlflow
 def test_a_tracking_uri_mlflow_cannot_use_is_a_user_error():
     with pytest.raises(UserError, match="--mlflow nosuch://host: MLflow cannot log there"):
-        run.mlflow_uri("nosuch://host")
+        tracking.mlflow_uri("nosuch://host")
 
 
 def test_without_mlflow_the_flag_says_how_to_install_it(monkeypatch, tmp_path):
@@ -74,7 +75,7 @@ def test_without_mlflow_the_flag_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     with pytest.raises(UserError, match=r'--mlflow http://mlflow:5000: MLflow is not installed; install it with '
                                         r'`pip install -e "\.\[mlflow\]"`'):
-        run.mlflow_uri("http://mlflow:5000")
+        tracking.mlflow_uri("http://mlflow:5000")
     # run_search refuses before any work: nothing read, no Ray started, no run folder
     with pytest.raises(UserError, match="MLflow is not installed"):
         run.run_search(Path("no-such-space.py"), str(tmp_path), tmp_path / "results", mlflow="mlruns")

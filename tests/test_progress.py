@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import ray.cloudpickle
 
-from lungsearch import run
+from lungsearch.run.progress import RAY_LOG, RAY_LOG_HANDLER, Progress, RayLog, duration, quiet_ray
 
 
 class Clock:
@@ -28,7 +28,7 @@ def epoch(t, n: int, objective: float, **more) -> dict:
     return t.last_result
 
 
-def drive(progress: run.Progress, clock: Clock, tmp_path) -> list:
+def drive(progress: Progress, clock: Clock, tmp_path) -> list:
     """Three trials of up to 4 epochs: base finishes, one is stopped by ASHA, one fails."""
     base, asha, bad = trial("a_00000", "base"), trial("a_00001"), trial("a_00002")
     trials = [base, asha, bad]
@@ -61,7 +61,7 @@ def drive(progress: run.Progress, clock: Clock, tmp_path) -> list:
 
 def test_off_a_terminal_one_line_per_trial_event_and_a_heartbeat_at_most_every_30_s(capsys, tmp_path):
     clock = Clock()
-    progress = run.Progress(3, max_epochs=4, live=False, clock=clock)
+    progress = Progress(3, max_epochs=4, live=False, clock=clock)
     drive(progress, clock, tmp_path)
     lines = capsys.readouterr().out.strip().splitlines()
     stamp = r"^\[\d:\d\d:\d\d\] "
@@ -84,7 +84,7 @@ def test_off_a_terminal_one_line_per_trial_event_and_a_heartbeat_at_most_every_3
 
 def test_the_estimate_of_the_time_left_comes_from_the_trial_budget(capsys):
     clock = Clock()
-    progress = run.Progress(4, max_epochs=10, live=False, clock=clock)
+    progress = Progress(4, max_epochs=10, live=False, clock=clock)
     progress.setup()
     trials = [trial(f"b_{k}") for k in range(4)]
     progress.on_step_end(0, trials)
@@ -92,7 +92,7 @@ def test_the_estimate_of_the_time_left_comes_from_the_trial_budget(capsys):
     clock.now += 300  # half of one trial of four in 5 min: 3.5 trials to go, 35 min
     progress.on_step_end(1, trials)
     assert capsys.readouterr().out.strip().endswith("| about 35 min left")
-    assert run.duration(3 * 3600 + 5 * 60) == "about 3 h 05 min" and run.duration(20) == "under a minute"
+    assert duration(3 * 3600 + 5 * 60) == "about 3 h 05 min" and duration(20) == "under a minute"
 
 
 def test_on_a_terminal_a_live_line_drawn_by_rich_and_a_line_per_ended_trial(capsys, tmp_path):
@@ -101,29 +101,29 @@ def test_on_a_terminal_a_live_line_drawn_by_rich_and_a_line_per_ended_trial(caps
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=200, color_system=None)
     clock = Clock()
-    progress = run.Progress(3, max_epochs=4, live=True, console=console, clock=clock)
+    progress = Progress(3, max_epochs=4, live=True, console=console, clock=clock)
     drive(progress, clock, tmp_path)
-    assert run.Progress.showing == [] and progress.display is None  # the live line was stopped at the end
+    assert Progress.showing == [] and progress.display is None  # the live line was stopped at the end
     shown = out.getvalue()
     assert "\x1b[" in shown and "\r" in shown  # redrawn in place
     for line in ("trial_a_00001 stopped early by ASHA after 2 epochs", "trial_a_00002 failed after 0 epochs: "
                  "ValueError", "base_a_00000 finished after 4 epochs, val AUC 0.9500", "best val AUC 0.9200"):
         assert line in shown, line
     assert "started" not in shown and capsys.readouterr().out == ""  # on a terminal, starts show in the live line
-    run.Progress.close_all()
+    Progress.close_all()
 
 
 def test_progress_pickles_for_resume_and_counts_afresh():
     from rich.console import Console
 
-    progress = run.Progress(7, max_epochs=5, live=True, console=Console(file=io.StringIO(), force_terminal=True))
+    progress = Progress(7, max_epochs=5, live=True, console=Console(file=io.StringIO(), force_terminal=True))
     progress.setup()
     try:
         restored = ray.cloudpickle.loads(ray.cloudpickle.dumps(progress))  # as Tune saves the experiment
     finally:
         progress.close()
     assert (restored.total, restored.max_epochs, restored.live, restored.display) == (7, 5, None, None)
-    old = run.Progress.__new__(run.Progress)  # a callback pickled by an older lungsearch: all of its attributes
+    old = Progress.__new__(Progress)  # a callback pickled by an older lungsearch: all of its attributes
     old.__setstate__({"total": 3, "best": 0.9, "best_trial": "x", "line": "", "epochs": 4, "started": 0.0})
     assert (old.total, old.max_epochs) == (3, None)
 
@@ -133,46 +133,46 @@ def test_ray_notices_go_to_the_run_folder_log_not_the_console(tmp_path, monkeypa
 
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")
     monkeypatch.delenv("RAY_AIR_NEW_OUTPUT")  # unset, as for a user; quiet_ray sets it
-    run.quiet_ray()
+    quiet_ray()
     # Tune's legacy output engine, which prints nothing at verbose=0: no "Configuration for experiment" box, no
     # "View detailed results here", no TensorBoard hint (the default engine prints them at any verbosity)
     assert get_air_verbosity(0) is None
     ray_logger = logging.getLogger("ray")
-    consoles = [h for h in ray_logger.handlers if h is not run.RAY_LOG_HANDLER]
-    assert consoles and all(run.RayLog.console in h.filters for h in consoles)
-    assert ray_logger.handlers.count(run.RAY_LOG_HANDLER) == 1
-    run.quiet_ray()  # again (resume, a second search in one process): nothing doubled
-    assert ray_logger.handlers.count(run.RAY_LOG_HANDLER) == 1
+    consoles = [h for h in ray_logger.handlers if h is not RAY_LOG_HANDLER]
+    assert consoles and all(RayLog.console in h.filters for h in consoles)
+    assert ray_logger.handlers.count(RAY_LOG_HANDLER) == 1
+    quiet_ray()  # again (resume, a second search in one process): nothing doubled
+    assert ray_logger.handlers.count(RAY_LOG_HANDLER) == 1
 
     stream = io.StringIO()
     console = logging.StreamHandler(stream)
-    console.addFilter(run.RayLog.console)
+    console.addFilter(RayLog.console)
     ray_logger.addHandler(console)
     try:
         auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
         auth.warning("Token authentication is enabled for this Ray cluster.")  # before the run folder exists
-        run.RAY_LOG_HANDLER.open(tmp_path)
+        RAY_LOG_HANDLER.open(tmp_path)
         tune_log = logging.getLogger("ray.tune.execution.tune_controller")
         tune_log.error("Trial task failed for trial trial_1", exc_info=ValueError("kernel 7"))
         logging.getLogger("ray.tune.tune").error("Trials did not complete: [trial_1]")
         tune_log.error("Experiment state snapshotting failed")  # an error a user must see
     finally:
         ray_logger.removeHandler(console)
-        run.RAY_LOG_HANDLER.close()
+        RAY_LOG_HANDLER.close()
     assert stream.getvalue() == "Experiment state snapshotting failed\n"
-    log = (tmp_path / run.RAY_LOG).read_text()
+    log = (tmp_path / RAY_LOG).read_text()
     for text in ("WARNING ray._private.authentication.authentication_token_setup", "Token authentication is enabled",
                  "Trial task failed for trial trial_1", "ValueError: kernel 7", "Trials did not complete",
                  "Experiment state snapshotting failed"):
         assert text in log, text
     logging.getLogger("ray.tune").warning("after the search")  # kept in memory for the next run folder only
-    assert "after the search" not in (tmp_path / run.RAY_LOG).read_text()
-    run.quiet_ray()
-    assert run.RAY_LOG_HANDLER.pending == []
+    assert "after the search" not in (tmp_path / RAY_LOG).read_text()
+    quiet_ray()
+    assert RAY_LOG_HANDLER.pending == []
 
 
 def test_trials_a_ctrl_c_ended_are_not_counted_as_stopped_by_asha(capsys):
-    progress = run.Progress(3, max_epochs=4, live=False, clock=Clock())
+    progress = Progress(3, max_epochs=4, live=False, clock=Clock())
     progress.setup()
     done, cut, never = trial("c_0", "base"), trial("c_1"), trial("c_2")
     trials = [done, cut, never]

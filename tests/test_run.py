@@ -121,7 +121,7 @@ def test_dead_cluster_addresses_fail_in_seconds_without_a_run_folder(tmp_path, c
 
 def test_a_trial_request_no_node_can_hold_is_refused():
     from lungsearch.config import SearchSettings, UserError
-    from lungsearch.run import resources
+    from lungsearch.run.cluster import resources
 
     laptop = [{"CPU": 2.0, "memory": 1e9}]
     assert resources(SearchSettings(), laptop) == {"cpu": 2.0, "gpu": 0.0}
@@ -163,7 +163,7 @@ class Grid(list):
 
 
 def test_search_status_tells_finished_from_interrupted_and_all_failed():
-    from lungsearch.run import search_status
+    from lungsearch.run.outcome import search_status
 
     assert search_status(Grid(3, 1), 4, interrupted=False) == "finished"  # some failed: still finished
     assert search_status(Grid(3, 1), 4, interrupted=True) == "interrupted"  # Ctrl-C: Tune marks running trials ended
@@ -227,12 +227,13 @@ def half_made_run(tmp_path, name: str, ray_files=(), manifest=True) -> Path:
 def test_report_and_resume_say_the_same_of_half_made_run_folders(tmp_path, capsys, monkeypatch):
     """Resumable, or clearly not (and why, and what to run instead): `report` and `resume` agree, and `resume`
     says so before Ray starts."""
-    from lungsearch import cli, run
+    from lungsearch import cli
+    from lungsearch.run import search
 
     def never(*args, **kwargs):
         raise AssertionError("resume went on to start Ray")
-    monkeypatch.setattr(run, "execute", never)
-    monkeypatch.setattr(run, "connect", never)
+    monkeypatch.setattr(search, "execute", never)
+    monkeypatch.setattr(search, "connect", never)
 
     def both(run_dir) -> str:
         assert cli.main(["report", str(run_dir)]) == 2
@@ -259,5 +260,5 @@ def test_report_and_resume_say_the_same_of_half_made_run_folders(tmp_path, capsy
     assert cli.main(["report", str(resumable)]) == 2
     assert f"finish it with `python -m lungsearch resume {resumable}`" in capsys.readouterr().err
     resumed = []
-    monkeypatch.setattr(run, "execute", lambda *args, **kwargs: resumed.append(args) or resumable)
-    assert run.resume_search(resumable) == resumable and resumed == [(resumable, None)]
+    monkeypatch.setattr(search, "execute", lambda *args, **kwargs: resumed.append(args) or resumable)
+    assert search.resume_search(resumable) == resumable and resumed == [(resumable, None)]

@@ -153,7 +153,7 @@ def test_fixed_points_first_saves_the_inner_searcher_inside_its_one_file(tmp_pat
     from ray.tune.search.optuna import OptunaSearch
 
     from lungsearch.config import UserError
-    from lungsearch.run import FixedPointsFirst
+    from lungsearch.run.searchers import FixedPointsFirst
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = {"learning_rate": tune.loguniform(1e-4, 1e-2), "dense_units": tune.choice([8, 16, 32]),

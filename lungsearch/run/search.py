@@ -1,0 +1,168 @@
+"""The entry points: `run_search` checks everything, writes the run folder and runs the search; `resume_search`
+finishes an interrupted one; `execute` runs a run folder's Ray Tune experiment and writes its tables."""
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from .. import data, space as spaces, store
+from ..config import OBJECTIVE, OBJECTIVE_MODE, SearchSettings, UserError
+from .cluster import cluster_address, connect, resources
+from .folder import print_split, print_table, run_folder_problem, write_run_folder
+from .outcome import InterruptWatch, SearchIncomplete, search_status
+from .progress import RAY_LOG_HANDLER, Progress, trial_name
+from .searchers import FixedPointASHA, build_trials, searcher
+from .settings import data_dir_from, resolve_settings
+from .tracking import mlflow_callback, mlflow_uri
+from .trial import trainable
+
+
+def run_search(space_path: str | Path, data_arg: str | None = None, results_dir: str | Path = "results",
+               smoke: bool = False, address: str | None = None, mlflow: str | None = None,
+               **overrides: Any) -> Path:
+    """Check everything, write the run folder's manifest, run the search; return the run folder.
+
+    With `address` (a Ray cluster), `results_dir` and the data folder must be paths every node reaches.
+    With `mlflow` (a tracking URI or a folder), every trial is logged to MLflow too (`mlflow_callback`).
+    """
+    tracking = mlflow_uri(mlflow) if mlflow else None  # MLflow missing: say how to install it before any work
+    if "://" in str(results_dir):
+        raise UserError(f"--storage/--results must be a file system path every node can reach (NFS, or a bucket "
+                        f"mounted with e.g. s3fs or gcsfuse), got the URI {results_dir!r}")
+    data.check_results_folder(results_dir)  # a file, a read-only folder: say so before any work
+    space = spaces.load(space_path)
+    spaces.check_defaults(space, {"split": "target"})  # before the data is read; again below with the real split
+    settings = resolve_settings(space, overrides, smoke)
+    data_dir = data_dir_from(data_arg)
+    if address:
+        cluster_address(address)  # a dead address fails in seconds, before the data is read
+    cache_dir = data.default_cache_dir()
+    ds, _ = data.load(data_dir, settings.image_size, cache_dir)
+    requested_split = settings.split
+    settings = settings.replace(split=data.resolve_split(ds, settings.split))
+    spaces.check_defaults(space, {"split": settings.split})  # e.g. early_stop_on holdout needs the target split
+    split = data.make_split(ds, settings.split, settings.seed, settings.data_limit)
+    summary = data.split_summary(ds, split, settings.split)
+    print_split(summary)
+
+    # Ray starts before the run folder exists, so a request the cluster cannot hold leaves nothing behind.
+    connect(address)
+    run_dir = None
+    try:
+        resources(settings)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(results_dir).expanduser().resolve() / f"{stamp}-{space.name}{'-smoke' if smoke else ''}"
+        run_dir.mkdir(parents=True, exist_ok=False)
+        write_run_folder(run_dir, space, settings, smoke, data_dir, cache_dir, ds, requested_split, summary)
+    except BaseException:  # a failure (or Ctrl-C) before the search: no Ray left running, no half-made run folder
+        ray.shutdown()
+        if run_dir is not None and run_dir.is_dir():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    print(f"run folder: {run_dir}", flush=True)
+    return execute(run_dir, address, mlflow=tracking)
+
+
+def resume_search(run_dir: str | Path, address: str | None = None) -> Path:
+    """Finish an interrupted search to its planned size; finished trials are kept, not rerun. A folder that
+    cannot be resumed is a UserError (before Ray starts) in the words `report` uses for it."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    problem = run_folder_problem(run_dir)
+    if problem:
+        raise UserError(problem)
+    return execute(run_dir, address, restore=True)
+
+
+def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: str | None = None) -> Path:
+    """Start (or restore) the Tune experiment in run_dir/ray as the manifest describes, then write the tables.
+
+    Returns the run folder when the search finished. Raises SearchIncomplete when it was interrupted (Ctrl-C:
+    the manifest's status is "interrupted", no trials.csv, resume finishes it) or when every trial failed
+    (status "failed"; trials.csv lists the errors). `mlflow`: an MLflow tracking URI (`mlflow_uri`) to log the
+    trials to; it is kept in the manifest, and a resumed search logs where the first part did."""
+    manifest = store.read_json(run_dir / "manifest.json")
+    mlflow = manifest.get("mlflow") if restore else mlflow
+    space = spaces.load(run_dir / "space.py")
+    settings = SearchSettings(**manifest["settings"])
+    started = time.time()
+    interrupted, results, total = False, None, None
+    try:
+        RAY_LOG_HANDLER.open(run_dir)  # Ray's notices, from ray.init on, go to run_dir/ray.log
+        if not ray.is_initialized():  # run_search connected already, to check the cluster before the run folder
+            connect(address)
+        res = resources(settings)
+        if mlflow:
+            mlflow_uri(mlflow)  # (resume) the search's MLflow callback needs MLflow installed
+        manifest.update({"resources": {"cpu_per_trial": res["cpu"], "gpu_per_trial": res["gpu"]}, "mlflow": mlflow})
+        store.write_json(run_dir / "manifest.json", {**manifest, "status": "running"})
+        param_space, points = build_trials(space, settings, manifest["run_constants"], manifest["held_for_smoke"])
+        total = settings.num_samples + len(points)
+        print(f"search: {settings.num_samples} sampled trial(s) + {len(points)} fixed point(s), "
+              f"{res['cpu']:g} CPU and {res['gpu']:g} GPU per trial, up to {settings.max_epochs} epochs"
+              + (" (resumed)" if restore else ""), flush=True)
+        fn = tune.with_resources(
+            tune.with_parameters(trainable, conditions=space.conditions, run_dir=str(run_dir)), res)
+        if restore:
+            tuner = tune.Tuner.restore(str(run_dir / "ray"), trainable=fn, resume_unfinished=True,
+                                       restart_errored=True)  # a trial lost with the driver or a node gets another go
+            store.write_json(run_dir / "manifest.json", {**manifest, "status": "running"})
+        else:
+            tuner = tune.Tuner(
+                fn,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    metric=OBJECTIVE, mode=OBJECTIVE_MODE, num_samples=total,
+                    search_alg=searcher(settings, points),
+                    scheduler=FixedPointASHA(time_attr="training_iteration", max_t=settings.max_epochs,
+                                             grace_period=min(settings.grace_period, settings.max_epochs),
+                                             reduction_factor=settings.reduction_factor),
+                    max_concurrent_trials=settings.max_concurrent or None,
+                    trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                ),
+                run_config=tune.RunConfig(
+                    name="ray", storage_path=str(run_dir), verbose=0,
+                    callbacks=[Progress(total, settings.max_epochs),
+                               *([mlflow_callback(mlflow, run_dir)] if mlflow else [])],
+                    failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                ),
+            )
+        with InterruptWatch() as watch:
+            results = tuner.fit()
+        interrupted = watch.interrupted
+    except KeyboardInterrupt:  # Ctrl-C before the search started, or a second one while Tune was stopping
+        interrupted = True
+    finally:
+        Progress.close_all()  # a live status line a second Ctrl-C left on the terminal
+        ray.shutdown()
+        RAY_LOG_HANDLER.close()
+    wall = time.time() - started + (manifest.get("search_wall_s", 0) if restore else 0)
+    manifest.update({"search_wall_s": round(wall, 1), "resumed": manifest.get("resumed", 0) + int(restore)})
+    status = search_status(results, total, interrupted)
+    if status == "interrupted":
+        manifest.update({"status": "interrupted", "interrupted": datetime.now().isoformat(timespec="seconds")})
+        store.write_json(run_dir / "manifest.json", manifest)
+        if tune.Tuner.can_restore(str(run_dir / "ray")):
+            raise SearchIncomplete(f"interrupted: the search stopped before it finished; its trials so far are saved "
+                                   f"in {run_dir}. Finish it with `python -m lungsearch resume {run_dir}`", 130, run_dir)
+        if not restore:  # nothing of the search was saved: the folder could not be resumed, so do not leave it
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise SearchIncomplete("interrupted before the search saved any state: nothing to resume; run it again", 130)
+    failed = {Path(r.path).name for r in results if r.error}  # out of retries; a retried success is not here
+    table = store.collect(run_dir, sorted(space.params), space.conditions, failed)
+    kept = store.prune_checkpoints(run_dir, table, settings.keep_checkpoints)
+    manifest.update({"status": status, "finished": datetime.now().isoformat(timespec="seconds"),
+                     "checkpoints_kept": kept, **store.time_summary(table)})
+    store.write_json(run_dir / "manifest.json", manifest)
+    print_table(table, manifest)
+    if status == "failed":
+        first = str(results.errors[0]).strip().splitlines()[-1] if results.errors else "?"
+        raise SearchIncomplete(f"error: every trial failed ({len(results)} of {len(results)}), so there is no model "
+                               f"to report; the errors are in the error column of {run_dir / 'trials.csv'} (the "
+                               f"first: {first})", 1, run_dir)
+    return run_dir

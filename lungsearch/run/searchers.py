@@ -1,0 +1,103 @@
+"""What is searched and in what order: Ray's param space with the report's fixed points, the searcher (seeded
+random, or TPE with the fixed points first) and the ASHA scheduler that never stops a fixed point."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator, Searcher
+
+from .. import space as spaces
+from ..config import FIXED_POINTS, SearchSettings, TrialConfig, UserError
+
+
+def build_trials(space: spaces.Space, settings: SearchSettings, run_constants: dict[str, Any], held: list[str]):
+    """Ray's param_space and the fixed points (full configs for points_to_evaluate). Parameters in `held`
+    are not searched (a smoke run holds the image size)."""
+    sampled = {k: v for k, v in spaces.ray_space(space).items() if k not in held}
+    defaults = TrialConfig().to_dict()
+    # Ray only lets a point set keys of param_space: the keys the fixed points change go in at the report's
+    # defaults, which is what a sampled trial that does not search them should get anyway.
+    changed = {k: defaults[k] for changes in FIXED_POINTS.values() for k in changes}
+    param_space = {**changed, **run_constants, **sampled, "fixed_point": ""}
+    points = []
+    if settings.fixed_points:
+        for name, changes in FIXED_POINTS.items():
+            # every sampled key must be set, else the searcher samples it: the run's value or the report's
+            point = {k: run_constants.get(k, defaults[k]) for k in sampled}
+            points.append({**point, **changes, "fixed_point": name})
+    return param_space, points
+
+
+def searcher(settings: SearchSettings, points: list[dict]):
+    """Seeded random search, or Optuna's TPE (`searcher: tpe`), with the fixed points run first."""
+    if settings.searcher == "tpe":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        return FixedPointsFirst(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=settings.seed)), points)
+    return BasicVariantGenerator(points_to_evaluate=points or None, random_state=settings.seed)
+
+
+class FixedPointsFirst(Searcher):
+    """Suggest the fixed points first, then what a model-based searcher suggests. The searcher never sees
+    the fixed points: it did not propose them, and they need keys outside its space."""
+
+    def __init__(self, inner: Searcher, points: list[dict]):
+        super().__init__()
+        self.inner, self.points, self.fixed_ids = inner, list(points), set()
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        super().set_search_properties(metric, mode, config, **spec)
+        return self.inner.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str):
+        if self.points:
+            self.fixed_ids.add(trial_id)
+            return self.points.pop(0)
+        return self.inner.suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self.fixed_ids:
+            self.inner.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        if trial_id not in self.fixed_ids:
+            self.inner.on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Everything in the one file Tune names: Tune saves to a temporary name and renames that file only, so
+        the inner searcher's state (written by its own save, in a private temporary folder) goes inside it."""
+        with tempfile.TemporaryDirectory(prefix="lungsearch-searcher-") as tmp:
+            self.inner.save(os.path.join(tmp, "inner"))
+            inner = Path(tmp, "inner").read_bytes()
+        state = {"points": self.points, "fixed_ids": self.fixed_ids, "inner": inner}
+        Path(checkpoint_path).write_bytes(pickle.dumps(state))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = pickle.loads(Path(checkpoint_path).read_bytes())
+        if not isinstance(state, dict) or "inner" not in state:  # an older lungsearch lost the inner state
+            raise UserError(f"{checkpoint_path} holds no state of the {type(self.inner).__name__} searcher (an "
+                            f"older lungsearch saved it beside that file, where Ray Tune lost it): this search "
+                            f"cannot be resumed; start it again with `python -m lungsearch run`")
+        with tempfile.TemporaryDirectory(prefix="lungsearch-searcher-") as tmp:
+            Path(tmp, "inner").write_bytes(state["inner"])
+            self.inner.restore(os.path.join(tmp, "inner"))
+        self.points, self.fixed_ids = list(state["points"]), set(state["fixed_ids"])
+
+
+class FixedPointASHA(AsyncHyperBandScheduler):
+    """ASHA that never stops a fixed point. Fixed points are still recorded in the rungs, so a sampled
+    trial is judged against the report's models as well as against the other trials."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if trial.config.get("fixed_point"):
+            if action == TrialScheduler.STOP:
+                self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action

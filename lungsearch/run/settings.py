@@ -1,0 +1,51 @@
+"""(No Ray.) A search's settings, from the space file's SETTINGS, --smoke and the flags, and its dataset folder."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import space as spaces
+from ..config import SMOKE, InvalidValue, SearchSettings, UserError
+
+
+def flag(key: str) -> str:
+    return "--no-fixed-points" if key == "fixed_points" else "--" + key.replace("_", "-")
+
+
+def resolve_settings(space: spaces.Space, overrides: dict[str, Any], smoke: bool) -> SearchSettings:
+    """The space file's SETTINGS, then --smoke, then the flags; a bad value names the flag or the file."""
+    try:
+        settings = SearchSettings(**space.settings)
+    except UserError as err:
+        raise UserError(f"SETTINGS of {space.path}: {err}") from None
+    if smoke:
+        settings = settings.replace(**SMOKE, num_samples=min(settings.num_samples, 8))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = settings.replace(**given)
+    except InvalidValue as err:
+        if err.key not in given:
+            raise
+        raise UserError(f"{flag(err.key)} must be {err.expected}, got {err.value!r}") from None
+    if settings.num_samples == 0 and not settings.fixed_points:
+        def source(key: str, value: Any) -> str:
+            if key in given:
+                return "--no-fixed-points" if key == "fixed_points" else f"{flag(key)} {value}"
+            return f"{key}: {value!r} in SETTINGS of {space.path}" if key in space.settings else f"the default {key} {value!r}"
+        raise UserError(f"nothing to run: no sampled trials ({source('num_samples', 0)}) and no fixed points "
+                        f"({source('fixed_points', False)}); pass --num-samples N (1 or more) or keep the report's "
+                        f"three models (drop --no-fixed-points)")
+    if settings.searcher == "tpe" and importlib.util.find_spec("optuna") is None:
+        raise UserError('--searcher tpe needs Optuna: pip install -e ".[tpe]"')
+    return settings
+
+
+def data_dir_from(arg: str | None) -> Path:
+    value = arg or os.environ.get("LUNGSEARCH_DATA")
+    if not value:
+        raise UserError("no dataset given: pass --data DIR or set LUNGSEARCH_DATA. Download the Kermany chest "
+                        "X-ray dataset (e.g. 'chest_xray' from Kaggle or Mendeley Data) and point at the folder "
+                        "that holds train/ (and test/)")
+    return Path(value).expanduser().resolve()

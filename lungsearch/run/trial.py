@@ -1,0 +1,34 @@
+"""The function each Ray Tune trial runs, in a worker process on any node of the cluster."""
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from .. import space as spaces
+
+
+def trainable(config: dict[str, Any], conditions: dict, run_dir: str) -> None:
+    """The Ray Tune trial: drop inactive conditional parameters, train, report each epoch through Tune.
+
+    Writes into the run folder directly (checkpoints/, attempts/), so on a cluster the run folder must
+    be on storage every node reaches."""
+    started = time.time()
+    from ..train import run_trial
+
+    name = tune.get_context().get_trial_name()
+    node_ip, node_id = ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()
+    attempts = Path(run_dir) / "attempts"
+    attempts.mkdir(exist_ok=True)
+    with open(attempts / f"{name}.log", "a") as log:  # one line per start: retries and the nodes they ran on
+        log.write(f"{datetime.now().isoformat(timespec='seconds')} {node_ip} {node_id}\n")
+
+    def report(row: dict[str, Any]) -> None:
+        tune.report({**row, "node_ip": node_ip, "node_id": node_id})
+
+    run_trial(spaces.active(config, conditions), report, checkpoint_dir=Path(run_dir) / "checkpoints" / name,
+              started=started)
