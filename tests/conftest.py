@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -82,3 +85,42 @@ def copy_into(src: Path, dst_dir: Path, name: str) -> Path:
 def real_data() -> Path | None:
     value = os.environ.get("LUNGSEARCH_DATA")
     return Path(value) if value and Path(value).is_dir() else None
+
+
+def processes_marked(tag: str) -> list[int]:
+    """PIDs of other processes whose command line or environment holds `tag` (read from /proc)."""
+    own, found = {os.getpid(), os.getppid()}, []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in own:
+            continue
+        try:
+            if any(tag.encode() in (entry / f).read_bytes() for f in ("cmdline", "environ")):
+                found.append(int(entry.name))
+        except OSError:  # gone, or not ours to read
+            pass
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_processes_stopped():
+    """Every Ray process the tests start (local instances, `ray start` nodes, their agents) inherits one short
+    RAY_TMPDIR. At the end, whatever of them is still alive is stopped: a driver killed on purpose by the
+    resume tests leaves Ray's agents behind, and the suite must leave no process behind."""
+    tag = tempfile.mkdtemp(prefix="lsray-", dir="/tmp")  # short: Ray's socket paths live under it
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tag
+    yield tag
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in processes_marked(tag):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 10
+        while processes_marked(tag) and time.time() < deadline:
+            time.sleep(0.2)
+    if saved is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = saved
+    shutil.rmtree(tag, ignore_errors=True)
