@@ -47,7 +47,8 @@ def run(tmp_path_factory):
     mp.setenv("LUNGSEARCH_CACHE", str(root / "cache"))
     dataset = make_dataset(root / "xrays", {"train": 12, "test": 4})
     (root / "space.py").write_text(SPACE % 2)
-    out = lungsearch("run", root / "space.py", "--data", dataset, "--results", root / "results")
+    out = lungsearch("run", root / "space.py", "--data", dataset, "--results", root / "results",
+                     "--cpus-per-trial", 1)  # two trials at a time on two cores
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     yield Path(out.stdout.strip().splitlines()[-1]), out
     mp.undo()
@@ -308,7 +309,7 @@ def test_report_words_resolved_resources_and_counts(run):
     res = manifest["resources"]
     assert res["cpu_per_trial"] >= 1 and res["gpu_per_trial"] >= 0 and manifest["mlflow"] is None
     markdown = (run_dir / "report.md").read_text()
-    assert f"cpus_per_trial={res['cpu_per_trial']:g} (chosen for the machine)" in markdown
+    assert res["cpu_per_trial"] == 1 and "cpus_per_trial=1," in markdown  # as --cpus-per-trial asked
     assert f"gpus_per_trial={res['gpu_per_trial']:g} (chosen for the machine)" in markdown
     assert "max_concurrent=no limit" in markdown and "cpus_per_trial=0" not in markdown
     assert "6 trials (" in markdown and "no patient and no identical image in two parts" in markdown

@@ -38,7 +38,7 @@ def check_run_folder(out, fixed=("base", "bn_aug", "bn_aug_dropout")):
 
 
 def test_report_space_runs_the_three_models_through_ray(dataset, cache_dir, tmp_path):
-    out = lungsearch("run", "spaces/report.py", "--data", dataset, "--smoke", "--max-epochs", 2,
+    out = lungsearch("run", "spaces/report.py", "--data", dataset, "--smoke", "--max-epochs", 2, "--cpus-per-trial", 1,
                      "--results", tmp_path / "results")
     run_dir, manifest, trials = check_run_folder(out)
     # the dataset has test/, so the default split resolves to target
@@ -59,6 +59,7 @@ def test_missing_data_says_how_to_get_it(tmp_path):
 @pytest.mark.skipif(real_data() is None, reason="LUNGSEARCH_DATA is not set")
 def test_smoke_run_on_the_real_chest_xrays(tmp_path):
     out = lungsearch("run", "spaces/report.py", "--data", real_data(), "--split", "report", "--smoke",
+                     "--cpus-per-trial", 1,
                      "--results", tmp_path / "results")
     run_dir, manifest, trials = check_run_folder(out)
     assert manifest["data"]["split"]["protocol"] == "report"

@@ -32,7 +32,8 @@ def lungsearch(*args, timeout=600):
 def test_asha_stops_sampled_trials_keeps_fixed_points_and_records_failures(tmp_path, dataset, cache_dir):
     space_file = tmp_path / "lr.py"
     space_file.write_text(SPACE % (8, 0))
-    out = lungsearch("run", space_file, "--data", dataset, "--smoke", "--results", tmp_path / "results")
+    out = lungsearch("run", space_file, "--data", dataset, "--smoke", "--results", tmp_path / "results",
+                     "--cpus-per-trial", 1)  # two trials at a time on two cores
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "of 11 |" in out.stdout and "best val AUC" in out.stdout  # progress lines
     run_dir = Path(out.stdout.strip().splitlines()[-1])
@@ -142,7 +143,7 @@ def test_a_tpe_search_resumes_after_the_driver_is_killed_without_rerunning(tmp_p
     """The TPE searcher's state (and which fixed points already ran) survives Tune's save and restore. (A random
     search is killed and resumed the same way on a cluster in test_cluster.py.)"""
     run_dir, manifest = kill_driver_then_resume(
-        tmp_path, dataset, flags=["--searcher", "tpe", "--max-epochs", "1", "--num-samples", "2"], planned=5)
+        tmp_path, dataset, flags=["--searcher", "tpe", "--max-epochs", "1", "--num-samples", "2", "--cpus-per-trial", "1"], planned=5)
     assert manifest["settings"]["searcher"] == "tpe" and manifest["status"] == "finished"
 
 
