@@ -23,6 +23,11 @@ def shown(name) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def count(n: int, word: str, words: str = "") -> str:
+    """`n` and the word in the number it needs: "1 epoch", "2 epochs", "2 retries" (with words="retries")."""
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
 SPLITS = ("patient", "report", "target")
 # "auto" (a search's default): target when the dataset has its own test/ folder, else patient.
 SEARCH_SPLITS = ("auto", *SPLITS)

@@ -7,7 +7,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-CI_METRICS = ("accuracy", "precision", "recall", "f1", "specificity", "auc")  # bootstrap_ci's metrics
+SCORES = ("loss", "accuracy", "precision", "recall", "f1", "specificity", "auc")  # binary_metrics' scores
+COUNTS = ("tp", "fp", "fn", "tn")  # ... and its confusion matrix counts
+CI_METRICS = SCORES[1:]  # bootstrap_ci's metrics (no loss)
 
 
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float:

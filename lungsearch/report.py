@@ -13,14 +13,11 @@ import pandas as pd
 from . import analysis, data, store
 from .analysis import FIXED, SOURCE_REPORT, SPLIT_NAMES, Analysis, Evaluation, fmt, objective_text
 from .figures import STATUS_WORDS, fig_asha, fig_best, fig_curves, fig_params, fig_samples, fig_shift
+from .config import count
 from .metrics import CI_METRICS
 from .predict import load_model
 
 SHIFT_METRICS = ("auc", "accuracy", "specificity")
-
-
-def count(n: int, word: str, words: str = "") -> str:
-    return f"{n} {word if n == 1 else words or word + 's'}"
 
 
 def setting(m: dict, k: str, v: Any) -> str:

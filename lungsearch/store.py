@@ -11,14 +11,14 @@ from typing import Any
 import pandas as pd
 
 from . import space as spaces
+from .metrics import COUNTS, SCORES
 
 PACKAGES = ("lungsearch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "ray", "keras-tuner",
             "numpy", "opencv-python-headless", "pandas", "matplotlib")
 METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
-SCORED = (*METRICS, "specificity")  # what a trial scores on its validation and holdout parts each epoch
-HISTORY = ("epoch", "epoch_s", "lr", "objective", "kept_epoch", *METRICS, *(f"val_{m}" for m in SCORED),
-           *(f"holdout_{m}" for m in SCORED))
-TEST_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "specificity", "auc", "tp", "fp", "fn", "tn")
+HISTORY = ("epoch", "epoch_s", "lr", "objective", "kept_epoch", *METRICS, *(f"val_{m}" for m in SCORES),
+           *(f"holdout_{m}" for m in SCORES))
+TEST_METRICS = (*SCORES, *COUNTS)
 
 
 def package_versions() -> dict[str, str]:
@@ -103,8 +103,8 @@ def collect(run_dir: Path, searched: list[str], conditions: dict[str, list], fai
             "startup_s": rows[0].get("startup_s") if rows else None,
             "mean_epoch_s": sum(r.get("epoch_s", 0) for r in rows) / len(rows) if rows else None,
             "objective": last.get("objective"),
-            **{f"val_{m}": best.get(f"val_{m}") for m in SCORED},
-            **{f"holdout_{m}": best.get(f"holdout_{m}") for m in SCORED},
+            **{f"val_{m}": best.get(f"val_{m}") for m in SCORES},
+            **{f"holdout_{m}": best.get(f"holdout_{m}") for m in SCORES},
             **{f"test_{m}": last.get(f"test_{m}") for m in TEST_METRICS},
             **{f"cfg_{k}": active.get(k) for k in searched},  # blank where a condition switched it off
             "error": t["error"].splitlines()[-1] if t["error"] else "",  # the last error, also of a retried trial

@@ -16,11 +16,10 @@ import numpy as np
 
 from . import data, models
 from .config import TrialConfig
-from .metrics import binary_metrics
+from .metrics import SCORES, binary_metrics
 
 Report = Callable[[dict[str, Any]], Any]
 Parts = dict[str, tuple[np.ndarray, np.ndarray]]
-EPOCH_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "specificity", "auc")
 
 
 def optimizer(cfg: TrialConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -159,7 +158,7 @@ class EpochReporter(keras.callbacks.Callback):
         row: dict[str, Any] = {"epoch": epoch + 1, **logs, "epoch_s": time.time() - self.epoch_started,
                                "startup_s": self.startup_s, "lr": self.current_lr()}
         for part, metrics in scores.items():
-            row.update({f"{part}_{k}": metrics[k] for k in EPOCH_METRICS})
+            row.update({f"{part}_{k}": metrics[k] for k in SCORES})
         watched = scores[self.watch]["auc"]
         if np.isfinite(watched) and watched > self.best_score:
             self.best_score, self.best_epoch = watched, epoch + 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ray import tune
 
-from ..config import OBJECTIVE
+from ..config import OBJECTIVE, count
 
 RAY_LOG = "ray.log"  # in the run folder: what Ray logs (its warnings, a failed trial's traceback)
 RAY_LOG_FORMAT = "%(asctime)s\t%(levelname)s %(name)s %(filename)s:%(lineno)s -- %(message)s"
@@ -73,10 +73,6 @@ def quiet_ray() -> None:
     if RAY_LOG_HANDLER not in ray_logger.handlers:
         ray_logger.addHandler(RAY_LOG_HANDLER)
     RAY_LOG_HANDLER.pending = []  # a new Ray session: what an earlier one logged is not this run's
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' * (n != 1)}"
 
 
 def duration(seconds: float) -> str:
@@ -212,10 +208,10 @@ class Progress(tune.Callback):
                 error = f": {lines[-1][:200]}" if lines else ""
             except (AttributeError, OSError):
                 pass
-            return f"{trial_name(trial)} failed after {plural(epochs, 'epoch')}{error}"
+            return f"{trial_name(trial)} failed after {count(epochs, 'epoch')}{error}"
         what = {"finished": "finished", "diverged": "diverged (loss not finite)",
                 "stopped": "stopped early by ASHA"}.get(kind, kind)
-        return f"{trial_name(trial)} {what} after {plural(epochs, 'epoch')}{auc}"
+        return f"{trial_name(trial)} {what} after {count(epochs, 'epoch')}{auc}"
 
     def on_step_end(self, iteration, trials, **info):
         self.tick(trials)
