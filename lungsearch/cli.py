@@ -103,6 +103,9 @@ def parser() -> argparse.ArgumentParser:
                           "pip install -e \".[tpe]\")")
     run.add_argument("--no-fixed-points", dest="fixed_points", action="store_const", const=False,
                      help="skip the report's three models")
+    run.add_argument("--no-reuse-workers", dest="reuse_workers", action="store_const", const=False,
+                     help="start a fresh worker process for every trial (default: a worker runs trial after trial, "
+                          "so Python, Keras and the decoded images load once per worker)")
     run.add_argument("--mlflow", metavar="URI",
                      help="also log every trial (parameters, metrics per epoch, test metrics) to MLflow: a tracking "
                           "URI (sqlite:///mlflow.db, http://host:5000) or a folder; pip install -e \".[mlflow]\"")

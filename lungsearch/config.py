@@ -276,6 +276,7 @@ class SearchSettings:
     max_concurrent: int = 0  # 0: as many as resources allow
     max_failures: int = 1  # retries of a trial that raises before it counts as failed
     keep_checkpoints: int = 5  # saved models of the best sampled trials (fixed points are always kept)
+    reuse_workers: bool = True  # a trial worker runs trial after trial: Python, Keras and the data load once
 
     def __post_init__(self) -> None:
         validate(self, SETTINGS_RULES)

@@ -208,7 +208,7 @@ def require_both_classes(ds: Dataset, readable: np.ndarray | None = None) -> Non
 
 
 def load(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = None,
-         log=print, normalize: str = "none") -> tuple[Dataset, np.ndarray]:
+         log=print, normalize: str = "none", dataset: Dataset | None = None) -> tuple[Dataset, np.ndarray]:
     """Scan a dataset and return it with its images (uint8, N x size x size), decoded once and cached on disk.
 
     The cache (see cache.py) is keyed by the dataset fingerprint (file names and contents), the image size and
@@ -217,9 +217,10 @@ def load(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = N
     with a warning. Unreadable images are dropped from the dataset and listed in `Dataset.unreadable`.
     Every part folder must keep readable images of both classes (UserError otherwise), and the cache
     folder must be a folder that can be written when something is to be decoded (UserError otherwise).
+    `dataset`: the folder's `scan`, when the caller has it already (a search's trials get the driver's).
     """
     method = decode_method(normalize)
-    ds = scan(data_dir)
+    ds = dataset if dataset is not None else scan(data_dir)
     require_both_classes(ds)
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 

@@ -55,7 +55,7 @@ def read_trial(trial_dir: Path) -> dict[str, Any]:
     starts = [i for i, r in enumerate(rows) if r.get("epoch") == 1]
     attempts_file = trial_dir.parent.parent / "attempts" / f"{trial_dir.name}.log"
     lines = attempts_file.read_text().splitlines() if attempts_file.exists() else []
-    nodes = [line.split()[-1][:12] for line in lines if line.strip()]  # lines are "<time> <node ip> <node id>"
+    nodes = [line.split()[2][:12] for line in lines if line.strip()]  # "<time> <node ip> <node id> [<pid>]"
     if starts:
         rows = rows[starts[-1]:]  # a retried trial starts again from epoch 1
     error_file = trial_dir / "error.txt"

@@ -83,33 +83,68 @@ class MixUpBatches(keras.utils.PyDataset):
         return x, y, lam * self.w[a] + (1 - lam) * self.w[b]
 
 
+# This process's decoded datasets, by (folder, fingerprint, size, decode method): a trial worker that runs
+# trial after trial (Ray's reused actors, or keras-tuner in one process) reads the image cache once.
+LOADED: dict[tuple, tuple[data.Dataset, np.ndarray]] = {}
+
+
+def trial_data(cfg: TrialConfig, dataset: data.Dataset | None = None) -> tuple[np.ndarray, np.ndarray, Parts]:
+    """The training arrays and the other parts (val, test, holdout) of a trial's split.
+
+    `dataset`: the folder as the driver scanned it (so a trial does not hash every image again); without
+    it the folder is scanned here."""
+    ds = dataset if dataset is not None else data.scan(cfg.data_dir)
+    key = (str(ds.root), ds.fingerprint, cfg.image_size, data.decode_method(cfg.normalize), cfg.cache_dir)
+    if key not in LOADED:
+        LOADED.clear()  # one dataset in memory at a time
+        LOADED[key] = data.load(ds.root, cfg.image_size, cfg.cache_dir or None, normalize=cfg.normalize,
+                                dataset=ds)
+    ds, images = LOADED[key]
+    split = data.make_split(ds, cfg.split, seed=cfg.seed, data_limit=cfg.data_limit)
+    parts = {p: data.arrays(images, ds, idx) for p, idx in split.items()}
+    x_train, y_train = parts.pop("train")
+    return x_train, y_train, parts
+
+
+def reset_state(cfg: TrialConfig) -> None:
+    """What one trial must not inherit from the previous one in the same process: Keras' global state
+    (layer names, the backend's graph), the dtype policy and the random seeds."""
+    keras.backend.clear_session()
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if cfg.mixed_precision else "float32")
+    keras.utils.set_random_seed(cfg.seed)
+
+
 def run_trial(config: dict[str, Any], report: Report, checkpoint_dir: str | Path | None = None,
-              started: float | None = None) -> dict[str, Any]:
+              started: float | None = None, dataset: data.Dataset | None = None) -> dict[str, Any]:
     """Train the model `config` describes and call `report` once per epoch; the last report holds test metrics.
 
     Early stopping watches validation AUC (or the holdout's, with early_stop_on='holdout'), with patience
     from the config, and restores the kept epoch's weights before the test part is evaluated. Returns the
     last report. Saves the restored model as model.keras in `checkpoint_dir` when given, before the last report.
+    Runs the same whether or not the process trained other trials before (`reset_state`).
     """
     started = started or time.time()
     cfg = TrialConfig.from_dict(config)
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if cfg.mixed_precision else "float32")
-    keras.utils.set_random_seed(cfg.seed)
-    ds, images = data.load(cfg.data_dir, cfg.image_size, cfg.cache_dir or None, normalize=cfg.normalize)
-    split = data.make_split(ds, cfg.split, seed=cfg.seed, data_limit=cfg.data_limit)
-    parts = {p: data.arrays(images, ds, idx) for p, idx in split.items()}
-    (x_train, y_train) = parts.pop("train")
+    reset_state(cfg)
+    x_train, y_train, parts = trial_data(cfg, dataset)
     model = models.build(cfg)
-    steps = math.ceil(len(x_train) / cfg.batch_size)
-    compile_model(model, cfg, steps)
+    compile_model(model, cfg, math.ceil(len(x_train) / cfg.batch_size))
+    return fit(model, cfg, x_train, y_train, parts, report, checkpoint_dir, started)
+
+
+def fit(model: keras.Model, cfg: TrialConfig, x_train: np.ndarray, y_train: np.ndarray, parts: Parts,
+        report: Report, checkpoint_dir: str | Path | None = None, started: float | None = None,
+        callbacks: list[keras.callbacks.Callback] = ()) -> dict[str, Any]:
+    """Fit a compiled model for up to cfg.max_epochs with the trial's early stopping and per-epoch reports
+    (EpochReporter); `callbacks` run after it. Returns the last report."""
     weights = class_weights(y_train) if cfg.class_weight else None
-    state = EpochReporter(report, cfg, parts, started, checkpoint_dir)
+    state = EpochReporter(report, cfg, parts, started or time.time(), checkpoint_dir)
     if cfg.mixup > 0:
         model.fit(MixUpBatches(x_train, y_train, cfg.batch_size, cfg.mixup, cfg.seed, weights),
-                  epochs=cfg.max_epochs, callbacks=[state], verbose=0)
+                  epochs=cfg.max_epochs, callbacks=[state, *callbacks], verbose=0)
     else:
         model.fit(x_train, y_train, batch_size=cfg.batch_size, epochs=cfg.max_epochs, class_weight=weights,
-                  callbacks=[state], verbose=0, shuffle=True)
+                  callbacks=[state, *callbacks], verbose=0, shuffle=True)
     return state.last
 
 

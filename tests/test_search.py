@@ -58,6 +58,9 @@ def test_asha_stops_sampled_trials_keeps_fixed_points_and_records_failures(tmp_p
     assert manifest["trial_startup_s_mean"] > 0 and 0 < manifest["training_fraction"] < 1
     kept = {p.name for p in (run_dir / "checkpoints").iterdir()}
     assert set(fixed["trial"]) | set(finished["trial"]) <= kept and not kept & set(stopped["trial"])
+    # reused workers: each start line ends with the worker's process id, and workers ran several trials
+    starts = [line.split() for log in (run_dir / "attempts").glob("*.log") for line in log.read_text().splitlines()]
+    assert len(starts) >= 11 and len({s[3] for s in starts}) < len(starts) / 2, starts
 
 
 def final_trials(run_dir: Path) -> list[Path]:

@@ -1,3 +1,7 @@
+import json
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -174,3 +178,30 @@ def test_robust_knobs_train_on_the_target_split(dataset, cache_dir):
     assert rows[1]["lr"] < rows[0]["lr"]  # cosine decay
     # target split: the 4 test/ patients per class are halved into val and test
     assert last["test_tp"] + last["test_fp"] + last["test_fn"] + last["test_tn"] == 8
+
+
+PROBE = """
+import json, sys
+from lungsearch.train import run_trial
+for config in json.loads(sys.argv[1]):
+    rows = []
+    last = run_trial(config, rows.append)
+print(json.dumps({"loss": [r["loss"] for r in rows], "val_auc": [r["val_auc"] for r in rows],
+                  "test_auc": last["test_auc"], "kept": last["best_epoch"]}))
+"""
+
+
+def trained_in_one_process(configs):
+    """The last config's per-epoch losses, validation AUCs and test AUC, after training `configs` in turn in
+    one fresh Python process (as a reused trial worker does)."""
+    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(configs)], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_reused_worker_trains_a_trial_exactly_as_a_fresh_process(dataset, cache_dir):
+    trial = tiny(dataset, cache_dir, batchnorm=True, augment=True, dropout=0.3, seed=1)
+    before = tiny(dataset, cache_dir, mixed_precision=True, learning_rate=0.01, kernel_size=5, seed=7)
+    fresh = trained_in_one_process([trial])
+    assert trained_in_one_process([before, trial]) == fresh

@@ -43,7 +43,8 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
     if address:
         cluster_address(address)  # a dead address fails in seconds, before the data is read
     cache_dir = data.default_cache_dir()
-    ds, _ = data.load(data_dir, settings.image_size, cache_dir)
+    scanned = data.scan(data_dir)  # once: the trials get this instead of hashing every image again
+    ds, _ = data.load(data_dir, settings.image_size, cache_dir, dataset=scanned)
     requested_split = settings.split
     settings = settings.replace(split=data.resolve_split(ds, settings.split))
     spaces.check_defaults(space, {"split": settings.split})  # e.g. early_stop_on holdout needs the target split
@@ -66,7 +67,7 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     print(f"run folder: {run_dir}", flush=True)
-    return execute(run_dir, address, mlflow=tracking)
+    return execute(run_dir, address, mlflow=tracking, dataset=scanned)
 
 
 def resume_search(run_dir: str | Path, address: str | None = None) -> Path:
@@ -79,7 +80,8 @@ def resume_search(run_dir: str | Path, address: str | None = None) -> Path:
     return execute(run_dir, address, restore=True)
 
 
-def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: str | None = None) -> Path:
+def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: str | None = None,
+            dataset: data.Dataset | None = None) -> Path:
     """Start (or restore) the Tune experiment in run_dir/ray as the manifest describes, then write the tables.
 
     Returns the run folder when the search finished. Raises SearchIncomplete when it was interrupted (Ctrl-C:
@@ -90,6 +92,8 @@ def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: s
     mlflow = manifest.get("mlflow") if restore else mlflow
     space = spaces.load(run_dir / "space.py")
     settings = SearchSettings(**manifest["settings"])
+    if dataset is None:
+        dataset = data.scan(manifest["run_constants"]["data_dir"])
     started = time.time()
     interrupted, results, total = False, None, None
     try:
@@ -107,7 +111,7 @@ def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: s
               f"{res['cpu']:g} CPU and {res['gpu']:g} GPU per trial, up to {settings.max_epochs} epochs"
               + (" (resumed)" if restore else ""), flush=True)
         fn = tune.with_resources(
-            tune.with_parameters(trainable, conditions=space.conditions, run_dir=str(run_dir)), res)
+            tune.with_parameters(trainable, conditions=space.conditions, run_dir=str(run_dir), dataset=dataset), res)
         if restore:
             tuner = tune.Tuner.restore(str(run_dir / "ray"), trainable=fn, resume_unfinished=True,
                                        restart_errored=True)  # a trial lost with the driver or a node gets another go
@@ -123,6 +127,7 @@ def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: s
                                              grace_period=min(settings.grace_period, settings.max_epochs),
                                              reduction_factor=settings.reduction_factor),
                     max_concurrent_trials=settings.max_concurrent or None,
+                    reuse_actors=settings.reuse_workers,
                     trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                 ),
                 run_config=tune.RunConfig(

@@ -1,6 +1,7 @@
 """The function each Ray Tune trial runs, in a worker process on any node of the cluster."""
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -12,11 +13,12 @@ from ray import tune
 from .. import space as spaces
 
 
-def trainable(config: dict[str, Any], conditions: dict, run_dir: str) -> None:
+def trainable(config: dict[str, Any], conditions: dict, run_dir: str, dataset=None) -> None:
     """The Ray Tune trial: drop inactive conditional parameters, train, report each epoch through Tune.
 
     Writes into the run folder directly (checkpoints/, attempts/), so on a cluster the run folder must
-    be on storage every node reaches."""
+    be on storage every node reaches. `dataset`: the data folder as the driver scanned it. With reused workers
+    (`reuse_workers`) one process runs this for trial after trial; `run_trial` resets what a trial sets."""
     started = time.time()
     from ..train import run_trial
 
@@ -24,11 +26,11 @@ def trainable(config: dict[str, Any], conditions: dict, run_dir: str) -> None:
     node_ip, node_id = ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()
     attempts = Path(run_dir) / "attempts"
     attempts.mkdir(exist_ok=True)
-    with open(attempts / f"{name}.log", "a") as log:  # one line per start: retries and the nodes they ran on
-        log.write(f"{datetime.now().isoformat(timespec='seconds')} {node_ip} {node_id}\n")
+    with open(attempts / f"{name}.log", "a") as log:  # one line per start: retries, their nodes and processes
+        log.write(f"{datetime.now().isoformat(timespec='seconds')} {node_ip} {node_id} {os.getpid()}\n")
 
     def report(row: dict[str, Any]) -> None:
         tune.report({**row, "node_ip": node_ip, "node_id": node_id})
 
     run_trial(spaces.active(config, conditions), report, checkpoint_dir=Path(run_dir) / "checkpoints" / name,
-              started=started)
+              started=started, dataset=dataset)
