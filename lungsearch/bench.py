@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -14,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from . import data
-from .config import FIXED_POINTS, TrialConfig
+from . import data, space as spaces, store
+from .config import FIXED_POINTS, SMOKE as SMOKE_SEARCH, TrialConfig
 
 FULL = {"image_size": 150, "images": 0, "epochs": 2}  # all training images of the patient split
-SMOKE = {"image_size": 96, "images": 640, "epochs": 3}
+SMOKE = {"image_size": SMOKE_SEARCH["image_size"], "images": SMOKE_SEARCH["data_limit"], "epochs": 3}  # --smoke's
 
 
 def epoch_time(cfg: TrialConfig, x: np.ndarray, y: np.ndarray, epochs: int) -> float:
@@ -45,36 +47,90 @@ def epoch_time(cfg: TrialConfig, x: np.ndarray, y: np.ndarray, epochs: int) -> f
     return min(times)
 
 
-def trial_startup(data_dir: Path, image_size: int, limit: int) -> float:
-    """Process start to first batch of a one-epoch trial in a fresh Python process."""
-    code = ("import json, os, sys; from lungsearch.train import run_trial; rows = [];"
-            "run_trial(json.loads(sys.argv[1]), rows.append, started=float(os.environ['LUNGSEARCH_T0']));"
-            "print(json.dumps(rows[0]['startup_s']))")
-    config = {"data_dir": str(data_dir), "image_size": image_size, "max_epochs": 1, "data_limit": limit}
-    env = {**os.environ, "LUNGSEARCH_T0": repr(time.time())}
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True, text=True, env=env,
-                         timeout=1800)
+STARTUP_PROBE = """
+import json, os, pickle, sys
+from lungsearch.train import run_trial
+config = json.loads(sys.argv[1])
+with open(sys.argv[2], "rb") as f:
+    dataset = pickle.load(f)  # what a search's driver hands its trials
+cold, warm = [], []
+run_trial(config, cold.append, started=float(os.environ["LUNGSEARCH_T0"]), dataset=dataset)
+run_trial(config, warm.append, dataset=dataset)
+print(json.dumps([cold[0]["startup_s"], warm[0]["startup_s"]]))
+"""
+
+
+def trial_startup(dataset: data.Dataset, image_size: int, limit: int) -> tuple[float, float]:
+    """Trial start-up, cold and warm: process start to the first batch of a one-epoch trial in a fresh Python
+    process (a new trial worker), then call to first batch of the same trial again in that process (a reused
+    worker: Python, Keras and the decoded images are loaded already)."""
+    config = {"data_dir": str(dataset.root), "image_size": image_size, "max_epochs": 1, "data_limit": limit}
+    with tempfile.TemporaryDirectory() as tmp:
+        scan = Path(tmp) / "dataset.pickle"
+        scan.write_bytes(pickle.dumps(dataset))
+        env = {**os.environ, "LUNGSEARCH_T0": repr(time.time())}
+        out = subprocess.run([sys.executable, "-c", STARTUP_PROBE, json.dumps(config), str(scan)],
+                             capture_output=True, text=True, env=env, timeout=1800)
     if out.returncode:
         raise RuntimeError(f"start-up probe failed: {out.stderr[-2000:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+    cold, warm = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(cold), float(warm)
 
 
-def trials_per_hour(data_dir: Path, trials: int = 4) -> tuple[float, float]:
-    """Run a small smoke search through Ray (sampled trials only, 2 epochs) and count trials per hour of
-    its search wall time (Ray start to last trial, as the run's manifest records it)."""
+def smoke_search(data_dir: Path, results: Path, reuse_workers: bool) -> Path:
+    """Run the bundled ablation space with --smoke (what a first search on a laptop runs); its run folder."""
     space = Path(__file__).resolve().parent / "spaces" / "ablation.py"  # bundled with the package
-    with tempfile.TemporaryDirectory() as tmp:
-        out = subprocess.run([sys.executable, "-m", "lungsearch", "run", str(space), "--data", str(data_dir),
-                              "--smoke", "--num-samples", str(trials), "--no-fixed-points", "--max-epochs", "2",
-                              "--results", tmp], capture_output=True, text=True, timeout=3600)
-        if out.returncode:
-            raise RuntimeError(f"bench search failed: {out.stderr[-2000:]}")
-        manifest = json.loads((Path(out.stdout.strip().splitlines()[-1]) / "manifest.json").read_text())
-        wall = manifest["search_wall_s"]
-        return trials / wall * 3600, wall
+    flags = [] if reuse_workers else ["--no-reuse-workers"]
+    out = subprocess.run([sys.executable, "-m", "lungsearch", "run", str(space), "--data", str(data_dir), "--smoke",
+                          "--results", str(results), *flags], capture_output=True, text=True, timeout=3600)
+    if out.returncode:
+        raise RuntimeError(f"bench search failed: {out.stderr[-2000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
-def run_bench(data_arg: str | None, smoke: bool, search: bool = True) -> dict[str, Any]:
+def trial_epochs(run_dir: Path) -> list[tuple[TrialConfig, int]]:
+    """Each trial of a finished run folder: its config (inactive conditional parameters dropped, as the trial
+    ran it) and the epochs it trained."""
+    manifest = store.read_json(run_dir / "manifest.json")
+    history = pd.read_csv(run_dir / "history.csv")
+    epochs = history.groupby("trial").size().to_dict()
+    trials = []
+    for params in sorted((run_dir / "ray").glob("*/params.json")):
+        config = spaces.active(store.read_json(params), manifest["conditions"])
+        trials.append((TrialConfig.from_dict(config), int(epochs.get(params.parent.name, 0))))
+    return trials
+
+
+def slots(manifest: dict[str, Any]) -> float:
+    """How many trials the machine runs side by side at full speed: its GPUs when trials use GPUs, else its
+    CPUs over the CPUs per trial."""
+    res, machine = manifest["resources"], manifest["cluster"]
+    if res["gpu_per_trial"]:
+        return machine["GPU"]
+    return max(1.0, machine["CPU"] // res["cpu_per_trial"])
+
+
+def search_efficiency(run_dir: Path, solo: dict[TrialConfig, float]) -> dict[str, Any]:
+    """Epochs trained x each trial's solo epoch time, over search wall time x slots: 1.0 when the search keeps
+    every slot training all the time. `solo` caches the solo epoch time of each trial config: one epoch on the
+    trial's own training images after a warm-up epoch, in this process (all of the machine's cores)."""
+    from .train import trial_data
+
+    manifest = store.read_json(run_dir / "manifest.json")
+    useful, epochs, trials = 0.0, 0, trial_epochs(run_dir)
+    for cfg, n in trials:
+        if n and cfg not in solo:
+            x, y, _ = trial_data(cfg)
+            solo[cfg] = epoch_time(cfg, x, y, 1)
+        useful += n * solo.get(cfg, 0.0)
+        epochs += n
+    wall = manifest["search_wall_s"]
+    return {"wall_s": wall, "epochs": epochs, "epochs_per_s": round(epochs / wall, 3),
+            "slots": slots(manifest), "efficiency": round(useful / (wall * slots(manifest)), 3),
+            "trial_startup_s_mean": manifest["trial_startup_s_mean"], "trials": len(trials)}
+
+
+def run_bench(data_arg: str | None, smoke: bool, search: bool = True, compare_fresh: bool = False) -> dict[str, Any]:
     from .run.settings import data_dir_from
 
     import keras
@@ -94,19 +150,35 @@ def run_bench(data_arg: str | None, smoke: bool, search: bool = True) -> dict[st
         augmented = epoch_time(TrialConfig(**{**cfg.to_dict(), "augment": True}), x, y, sizes["epochs"])
         rows[name] = (plain, augmented)
         print(f"{name:<16} {plain:>9.2f} {augmented:>11.2f} {augmented / plain:>7.2f}", flush=True)
-    startup = trial_startup(data_dir, sizes["image_size"], sizes["images"])
-    print(f"trial start-up (process start to first batch): {startup:.1f} s", flush=True)
+    cold, warm = trial_startup(ds, sizes["image_size"], sizes["images"])
+    print(f"trial start-up, to the first batch: {cold:.1f} s cold (from process start: a new worker), "
+          f"{warm:.1f} s warm (a reused worker)", flush=True)
     result = {
         "backend": keras.backend.backend(), "image_size": sizes["image_size"], "images": int(len(x)),
         "epoch_s": round(rows["base"][0], 3), "aug_epoch_s": round(rows["base"][1], 3),
         "aug_ratio": round(rows["base"][1] / rows["base"][0], 3),
         "aug_ratio_max": round(max(a / p for p, a in rows.values()), 3),
         "per_model": {n: {"epoch_s": round(p, 3), "aug_epoch_s": round(a, 3)} for n, (p, a) in rows.items()},
-        "trial_startup_s": round(startup, 2),
+        "trial_startup_cold_s": round(cold, 2), "trial_startup_warm_s": round(warm, 2),
     }
     if search:
-        per_hour, wall = trials_per_hour(data_dir)
-        print(f"smoke search: 4 trials in {wall:.0f} s = {per_hour:.0f} trials per hour", flush=True)
-        result.update({"trials_per_hour": round(per_hour, 1)})
+        print("smoke search (ablation --smoke): efficiency = epochs trained x solo epoch time / (wall time x slots)",
+              flush=True)
+        print(f"{'workers':<8} {'wall s':>7} {'epochs':>7} {'epochs/s':>9} {'slots':>6} {'efficiency':>11} "
+              f"{'start-up s':>11}", flush=True)
+        solo: dict[TrialConfig, float] = {}
+        figures = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for kind in (["fresh"] if compare_fresh else []) + ["reused"]:
+                run_dir = smoke_search(data_dir, Path(tmp) / kind, reuse_workers=kind == "reused")
+                f = figures[kind] = search_efficiency(run_dir, solo)
+                print(f"{kind:<8} {f['wall_s']:>7.0f} {f['epochs']:>7} {f['epochs_per_s']:>9.2f} {f['slots']:>6g} "
+                      f"{f['efficiency']:>11.2f} {f['trial_startup_s_mean']:>11.1f}", flush=True)
+        best = figures["reused"]
+        result.update({"search_efficiency": best["efficiency"], "search_epochs_per_s": best["epochs_per_s"],
+                       "search_wall_s": best["wall_s"], "search_slots": best["slots"],
+                       "trials_per_hour": round(best["trials"] / best["wall_s"] * 3600, 1)})
+        if compare_fresh:
+            result["fresh_workers"] = figures["fresh"]
     print(json.dumps(result), flush=True)
     return result

@@ -134,8 +134,12 @@ def parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="time epochs with and without augmentation, trial start-up, trials/hour")
     bench.add_argument("--data", metavar="DIR", help="dataset folder (default: $LUNGSEARCH_DATA)")
-    bench.add_argument("--smoke", action="store_true", help="96 px and 640 images instead of 150 px and all")
-    bench.add_argument("--no-search", dest="search", action="store_false", help="skip the trials-per-hour search")
+    bench.add_argument("--smoke", action="store_true", help="48 px and 480 images (as run --smoke) instead of 150 px "
+                                                            "and all")
+    bench.add_argument("--no-search", dest="search", action="store_false",
+                       help="skip the smoke search (search efficiency, trials per hour)")
+    bench.add_argument("--compare-fresh-workers", dest="compare_fresh", action="store_true",
+                       help="also run the smoke search with a fresh worker process per trial (--no-reuse-workers)")
 
     sub.add_parser("spaces", help="list the bundled search spaces and the question each answers",
                    description="List the search spaces installed with lungsearch; `lungsearch run NAME` runs one.")
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from .bench import run_bench
 
-            run_bench(args.data, args.smoke, args.search)
+            run_bench(args.data, args.smoke, args.search, args.compare_fresh)
             return 0
         if args.command == "spaces":
             return list_spaces()

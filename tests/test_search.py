@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
+from lungsearch.bench import search_efficiency
 
 SPACE = '''"""Test space: learning rates from useless to good, and some trials that cannot be built."""
 import keras_tuner as kt
@@ -61,6 +62,10 @@ def test_asha_stops_sampled_trials_keeps_fixed_points_and_records_failures(tmp_p
     # reused workers: each start line ends with the worker's process id, and workers ran several trials
     starts = [line.split() for log in (run_dir / "attempts").glob("*.log") for line in log.read_text().splitlines()]
     assert len(starts) >= 11 and len({s[3] for s in starts}) < len(starts) / 2, starts
+    # bench's search efficiency: each trial's epochs at its solo epoch time, over wall time x 2 slots
+    figures = search_efficiency(run_dir, {})
+    assert figures["epochs"] == len(history) and figures["trials"] == 11 and figures["slots"] == 2
+    assert 0 < figures["efficiency"] < 1 and figures["epochs_per_s"] == round(len(history) / manifest["search_wall_s"], 3)
 
 
 def final_trials(run_dir: Path) -> list[Path]:

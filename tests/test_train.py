@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -191,11 +192,11 @@ print(json.dumps({"loss": [r["loss"] for r in rows], "val_auc": [r["val_auc"] fo
 """
 
 
-def trained_in_one_process(configs):
+def trained_in_one_process(configs, **env):
     """The last config's per-epoch losses, validation AUCs and test AUC, after training `configs` in turn in
-    one fresh Python process (as a reused trial worker does)."""
+    one fresh Python process (as a reused trial worker does); `env`: environment variables to add."""
     out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(configs)], capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, env={**os.environ, **env})
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -205,3 +206,9 @@ def test_a_reused_worker_trains_a_trial_exactly_as_a_fresh_process(dataset, cach
     before = tiny(dataset, cache_dir, mixed_precision=True, learning_rate=0.01, kernel_size=5, seed=7)
     fresh = trained_in_one_process([trial])
     assert trained_in_one_process([before, trial]) == fresh
+
+
+def test_with_jax_compiled_programs_are_kept_in_the_cache_folder(dataset, cache_dir):
+    pytest.importorskip("jax")
+    trained_in_one_process([tiny(dataset, cache_dir, max_epochs=1)], KERAS_BACKEND="jax")
+    assert len(list((cache_dir / "jax-compiled").iterdir())) >= 2  # at least the train and predict steps

@@ -20,6 +20,12 @@ PROBE_TIMEOUT_S = 5.0  # a cluster's GCS port must accept a connection this fast
 CONNECT_TIMEOUT_S = 120.0  # ray.init on a cluster (LUNGSEARCH_CONNECT_TIMEOUT_S): Ray itself retries forever
 
 
+def cluster_totals() -> dict[str, float]:
+    """The CPUs and GPUs of the connected cluster's live nodes, in all."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return {key: sum(n.get(key, 0.0) for n in nodes) for key in ("CPU", "GPU")}
+
+
 def resources(settings: SearchSettings, nodes: list[dict[str, float]] | None = None) -> dict[str, float]:
     """CPUs and GPUs per trial: one GPU each where the cluster has GPUs, else two CPUs (TensorFlow's sweet spot),
     never more than one node has. `nodes`: each live node's resources (default: the connected cluster's).

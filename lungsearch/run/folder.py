@@ -121,5 +121,5 @@ def print_table(table, manifest: dict) -> None:
     counts = table["status"].value_counts().to_dict()
     print(f"{len(table)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
           + f"; split '{manifest['settings']['split']}'; search wall time {manifest['search_wall_s']:.0f} s; "
-          f"mean trial start-up (process start to first batch) {manifest['trial_startup_s_mean']:.1f} s; "
+          f"mean trial start-up (trial start to first batch) {manifest['trial_startup_s_mean']:.1f} s; "
           f"{100 * manifest['training_fraction']:.0f}% of trial time spent training", flush=True)

@@ -13,7 +13,7 @@ from ray import tune
 
 from .. import data, space as spaces, store
 from ..config import OBJECTIVE, OBJECTIVE_MODE, SearchSettings, UserError
-from .cluster import cluster_address, connect, resources
+from .cluster import cluster_address, cluster_totals, connect, resources
 from .folder import print_split, print_table, run_folder_problem, write_run_folder
 from .outcome import InterruptWatch, SearchIncomplete, search_status
 from .progress import RAY_LOG_HANDLER, Progress, trial_name
@@ -103,7 +103,8 @@ def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: s
         res = resources(settings)
         if mlflow:
             mlflow_uri(mlflow)  # (resume) the search's MLflow callback needs MLflow installed
-        manifest.update({"resources": {"cpu_per_trial": res["cpu"], "gpu_per_trial": res["gpu"]}, "mlflow": mlflow})
+        manifest.update({"resources": {"cpu_per_trial": res["cpu"], "gpu_per_trial": res["gpu"]},
+                         "cluster": cluster_totals(), "mlflow": mlflow})
         store.write_json(run_dir / "manifest.json", {**manifest, "status": "running"})
         param_space, points = build_trials(space, settings, manifest["run_constants"], manifest["held_for_smoke"])
         total = settings.num_samples + len(points)
@@ -111,7 +112,8 @@ def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: s
               f"{res['cpu']:g} CPU and {res['gpu']:g} GPU per trial, up to {settings.max_epochs} epochs"
               + (" (resumed)" if restore else ""), flush=True)
         fn = tune.with_resources(
-            tune.with_parameters(trainable, conditions=space.conditions, run_dir=str(run_dir), dataset=dataset), res)
+            tune.with_parameters(trainable, conditions=space.conditions, run_dir=str(run_dir), dataset=dataset,
+                                 cpus=res["cpu"], gpus=res["gpu"]), res)
         if restore:
             tuner = tune.Tuner.restore(str(run_dir / "ray"), trainable=fn, resume_unfinished=True,
                                        restart_errored=True)  # a trial lost with the driver or a node gets another go

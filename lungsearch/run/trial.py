@@ -13,13 +13,25 @@ from ray import tune
 from .. import space as spaces
 
 
-def trainable(config: dict[str, Any], conditions: dict, run_dir: str, dataset=None) -> None:
+def limit_threads(cpus: float) -> None:
+    """A CPU trial computes on as many threads as it has CPUs, so trials side by side do not fight over the
+    cores. Takes effect when the backend is first imported in the worker (a reused worker keeps it: every
+    trial of a search asks for the same CPUs); a value the user set in the environment wins."""
+    for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(var, str(max(1, int(cpus))))
+
+
+def trainable(config: dict[str, Any], conditions: dict, run_dir: str, dataset=None, cpus: float = 0,
+              gpus: float = 0) -> None:
     """The Ray Tune trial: drop inactive conditional parameters, train, report each epoch through Tune.
 
     Writes into the run folder directly (checkpoints/, attempts/), so on a cluster the run folder must
     be on storage every node reaches. `dataset`: the data folder as the driver scanned it. With reused workers
-    (`reuse_workers`) one process runs this for trial after trial; `run_trial` resets what a trial sets."""
+    (`reuse_workers`) one process runs this for trial after trial; `run_trial` resets what a trial sets.
+    `cpus`, `gpus`: the trial's resources."""
     started = time.time()
+    if cpus and not gpus:
+        limit_threads(cpus)
     from ..train import run_trial
 
     name = tune.get_context().get_trial_name()
