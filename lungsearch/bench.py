@@ -77,10 +77,11 @@ def trial_startup(dataset: data.Dataset, image_size: int, limit: int) -> tuple[f
     return float(cold), float(warm)
 
 
-def smoke_search(data_dir: Path, results: Path, reuse_workers: bool) -> Path:
+def smoke_search(data_dir: Path, results: Path, reuse_workers: bool, cpus_per_trial: float | None = None) -> Path:
     """Run the bundled ablation space with --smoke (what a first search on a laptop runs); its run folder."""
     space = Path(__file__).resolve().parent / "spaces" / "ablation.py"  # bundled with the package
-    flags = [] if reuse_workers else ["--no-reuse-workers"]
+    flags = ([] if reuse_workers else ["--no-reuse-workers"]) + \
+        ([f"--cpus-per-trial={cpus_per_trial:g}"] if cpus_per_trial else [])
     out = subprocess.run([sys.executable, "-m", "lungsearch", "run", str(space), "--data", str(data_dir), "--smoke",
                           "--results", str(results), *flags], capture_output=True, text=True, timeout=3600)
     if out.returncode:
@@ -110,27 +111,53 @@ def slots(manifest: dict[str, Any]) -> float:
     return max(1.0, machine["CPU"] // res["cpu_per_trial"])
 
 
+SOLO_PROBE = """
+import json, sys
+from lungsearch.bench import epoch_time
+from lungsearch.config import TrialConfig
+from lungsearch.train import trial_data
+times = []
+for config in json.loads(sys.argv[1]):
+    cfg = TrialConfig.from_dict(config)
+    x, y, _ = trial_data(cfg)
+    times.append(epoch_time(cfg, x, y, 1))
+print(json.dumps(times))
+"""
+
+
+def solo_epoch_times(configs: list[TrialConfig], cpus: float) -> list[float]:
+    """One epoch of each config on its trial's own training images, after a warm-up epoch, alone in a fresh
+    process; on CPUs (`cpus` > 0) with as many threads as a trial gets."""
+    env = dict(os.environ)
+    if cpus:
+        env.update({v: str(max(1, int(cpus))) for v in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")})
+    out = subprocess.run([sys.executable, "-c", SOLO_PROBE, json.dumps([c.to_dict() for c in configs])],
+                         capture_output=True, text=True, env=env, timeout=3600)
+    if out.returncode:
+        raise RuntimeError(f"solo epoch timing failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def search_efficiency(run_dir: Path, solo: dict[TrialConfig, float]) -> dict[str, Any]:
     """Epochs trained x each trial's solo epoch time, over search wall time x slots: 1.0 when the search keeps
-    every slot training all the time. `solo` caches the solo epoch time of each trial config: one epoch on the
-    trial's own training images after a warm-up epoch, in this process (all of the machine's cores)."""
-    from .train import trial_data
-
+    every slot training all the time. `solo` caches the solo epoch time of each trial config
+    (`solo_epoch_times`, on the CPUs of one trial, or alone on a GPU)."""
     manifest = store.read_json(run_dir / "manifest.json")
-    useful, epochs, trials = 0.0, 0, trial_epochs(run_dir)
-    for cfg, n in trials:
-        if n and cfg not in solo:
-            x, y, _ = trial_data(cfg)
-            solo[cfg] = epoch_time(cfg, x, y, 1)
-        useful += n * solo.get(cfg, 0.0)
-        epochs += n
+    res = manifest["resources"]
+    trials = trial_epochs(run_dir)
+    missing = list(dict.fromkeys(cfg for cfg, n in trials if n and cfg not in solo))
+    if missing:
+        solo.update(zip(missing, solo_epoch_times(missing, 0 if res["gpu_per_trial"] else res["cpu_per_trial"])))
+    useful = sum(n * solo.get(cfg, 0.0) for cfg, n in trials)
+    epochs = sum(n for _, n in trials)
     wall = manifest["search_wall_s"]
     return {"wall_s": wall, "epochs": epochs, "epochs_per_s": round(epochs / wall, 3),
             "slots": slots(manifest), "efficiency": round(useful / (wall * slots(manifest)), 3),
             "trial_startup_s_mean": manifest["trial_startup_s_mean"], "trials": len(trials)}
 
 
-def run_bench(data_arg: str | None, smoke: bool, search: bool = True, compare_fresh: bool = False) -> dict[str, Any]:
+def run_bench(data_arg: str | None, smoke: bool, search: bool = True, compare_fresh: bool = False,
+              cpus_per_trial: float | None = None) -> dict[str, Any]:
     from .run.settings import data_dir_from
 
     import keras
@@ -170,7 +197,7 @@ def run_bench(data_arg: str | None, smoke: bool, search: bool = True, compare_fr
         figures = {}
         with tempfile.TemporaryDirectory() as tmp:
             for kind in (["fresh"] if compare_fresh else []) + ["reused"]:
-                run_dir = smoke_search(data_dir, Path(tmp) / kind, reuse_workers=kind == "reused")
+                run_dir = smoke_search(data_dir, Path(tmp) / kind, reuse_workers=kind == "reused", cpus_per_trial=cpus_per_trial)
                 f = figures[kind] = search_efficiency(run_dir, solo)
                 print(f"{kind:<8} {f['wall_s']:>7.0f} {f['epochs']:>7} {f['epochs_per_s']:>9.2f} {f['slots']:>6g} "
                       f"{f['efficiency']:>11.2f} {f['trial_startup_s_mean']:>11.1f}", flush=True)

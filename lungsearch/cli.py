@@ -140,6 +140,7 @@ def parser() -> argparse.ArgumentParser:
                        help="skip the smoke search (search efficiency, trials per hour)")
     bench.add_argument("--compare-fresh-workers", dest="compare_fresh", action="store_true",
                        help="also run the smoke search with a fresh worker process per trial (--no-reuse-workers)")
+    bench.add_argument("--cpus-per-trial", type=float, metavar="N", help="the smoke search's --cpus-per-trial")
 
     sub.add_parser("spaces", help="list the bundled search spaces and the question each answers",
                    description="List the search spaces installed with lungsearch; `lungsearch run NAME` runs one.")
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from .bench import run_bench
 
-            run_bench(args.data, args.smoke, args.search, args.compare_fresh)
+            run_bench(args.data, args.smoke, args.search, args.compare_fresh, args.cpus_per_trial)
             return 0
         if args.command == "spaces":
             return list_spaces()

@@ -225,6 +225,8 @@ SETTINGS_RULES: dict[str, Rule] = {
     "max_concurrent": ((lambda v: v >= 0), "0 (as many as resources allow) or more"),
     "max_failures": ((lambda v: v >= 0), "0 or more"),
     "keep_checkpoints": ((lambda v: v >= 0), "0 or more"),
+    "budget_epochs": ((lambda v: v >= 0), "0 (no budget) or more"),
+    "budget_minutes": ((lambda v: v >= 0), "0 (no budget) or more"),
 }
 
 
@@ -277,9 +279,17 @@ class SearchSettings:
     max_failures: int = 1  # retries of a trial that raises before it counts as failed
     keep_checkpoints: int = 5  # saved models of the best sampled trials (fixed points are always kept)
     reuse_workers: bool = True  # a trial worker runs trial after trial: Python, Keras and the data load once
+    # A budget for the whole search (0: none); the search ends when it is spent, or when its trials have run,
+    # whichever comes first. Epochs: every trial stops once the trials have trained this many epochs in all.
+    # Minutes: every trial stops this long after the trials started (time since the search began training).
+    budget_epochs: int = 0
+    budget_minutes: float = 0.0
 
     def __post_init__(self) -> None:
-        validate(self, SETTINGS_RULES)
+        validate(self, SETTINGS_RULES, [
+            (lambda s: not (s.budget_epochs and s.budget_minutes), "budget_minutes",
+             "0 when budget_epochs is set (give one budget: epochs or minutes)"),
+        ])
 
     def replace(self, **changes: Any) -> "SearchSettings":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -149,17 +149,23 @@ def run_trial(config: dict[str, Any], report: Report, checkpoint_dir: str | Path
 
 def fit(model: keras.Model, cfg: TrialConfig, x_train: np.ndarray, y_train: np.ndarray, parts: Parts,
         report: Report, checkpoint_dir: str | Path | None = None, started: float | None = None,
-        callbacks: list[keras.callbacks.Callback] = ()) -> dict[str, Any]:
+        callbacks: list[keras.callbacks.Callback] = (), epochs: int | None = None,
+        initial_epoch: int = 0) -> dict[str, Any]:
     """Fit a compiled model for up to cfg.max_epochs with the trial's early stopping and per-epoch reports
-    (EpochReporter); `callbacks` run after it. Returns the last report."""
+    (EpochReporter); `callbacks` run after it and find the objective in the epoch's logs. Returns the last report.
+
+    `epochs`, `initial_epoch` (Keras' meaning): train epochs initial_epoch + 1 to `epochs` (default
+    cfg.max_epochs) of a model that was trained `initial_epoch` epochs before, as a Hyperband round that goes on
+    with a trial does; the last of them is the trial's last epoch (kept weights restored, test scored)."""
     weights = class_weights(y_train) if cfg.class_weight else None
-    state = EpochReporter(report, cfg, parts, started or time.time(), checkpoint_dir)
+    epochs = epochs or cfg.max_epochs
+    state = EpochReporter(report, cfg, parts, started or time.time(), checkpoint_dir, epochs)
     if cfg.mixup > 0:
         model.fit(MixUpBatches(x_train, y_train, cfg.batch_size, cfg.mixup, cfg.seed, weights),
-                  epochs=cfg.max_epochs, callbacks=[state, *callbacks], verbose=0)
+                  epochs=epochs, initial_epoch=initial_epoch, callbacks=[state, *callbacks], verbose=0)
     else:
-        model.fit(x_train, y_train, batch_size=cfg.batch_size, epochs=cfg.max_epochs, class_weight=weights,
-                  callbacks=[state, *callbacks], verbose=0, shuffle=True)
+        model.fit(x_train, y_train, batch_size=cfg.batch_size, epochs=epochs, initial_epoch=initial_epoch,
+                  class_weight=weights, callbacks=[state, *callbacks], verbose=0, shuffle=True)
     return state.last
 
 
@@ -173,14 +179,15 @@ class EpochReporter(keras.callbacks.Callback):
     """
 
     def __init__(self, report: Report, cfg: TrialConfig, parts: Parts, started: float,
-                 checkpoint_dir: str | Path | None = None):
+                 checkpoint_dir: str | Path | None = None, epochs: int | None = None):
         super().__init__()
-        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_dir, self.epochs = checkpoint_dir, epochs or cfg.max_epochs  # the last epoch
         self.report, self.cfg, self.parts = report, cfg, parts
         self.started = started
         self.watch = "holdout" if cfg.early_stop_on == "holdout" else "val"
         self.best_score, self.best_epoch, self.best_weights, self.best_scores = -math.inf, 0, None, {}
         self.wait = 0
+        self.stacked: np.ndarray | None = None  # the val and holdout images, one array (score_watched)
         self.last: dict[str, Any] = {}
         self.epoch_started = time.time()
         self.startup_s = 0.0
@@ -194,10 +201,21 @@ class EpochReporter(keras.callbacks.Callback):
         x, y = self.parts[part]
         return binary_metrics(y, models.predict_proba(self.model, x, self.cfg.tta), threshold)
 
+    def score_watched(self) -> dict[str, dict[str, float]]:
+        """Metrics of the validation part and the holdout (where the split has one), from one prediction call
+        over both: each call of `predict` costs its own set-up."""
+        names = [p for p in ("val", "holdout") if p in self.parts]
+        if self.stacked is None:
+            self.stacked = np.concatenate([self.parts[p][0] for p in names])
+        probs = models.predict_proba(self.model, self.stacked, self.cfg.tta)
+        ends = np.cumsum([len(self.parts[p][1]) for p in names])
+        return {p: binary_metrics(self.parts[p][1], chunk) for p, chunk in zip(names, np.split(probs, ends[:-1]))}
+
     def on_epoch_end(self, epoch, logs=None):
-        logs = {k: float(v) for k, v in (logs or {}).items()}
-        scores = {p: self.score(p) for p in ("val", "holdout") if p in self.parts}
-        self.step(epoch, logs, scores)
+        given, logs = logs, {k: float(v) for k, v in (logs or {}).items()}
+        self.step(epoch, logs, self.score_watched())
+        if given is not None:  # the callbacks after this one see the objective (e.g. keras-tuner's checkpoint)
+            given["objective"] = self.last["objective"]
 
     def current_lr(self) -> float:
         lr = self.model.optimizer.learning_rate
@@ -221,7 +239,7 @@ class EpochReporter(keras.callbacks.Callback):
                 self.model.optimizer.learning_rate.assign(self.current_lr() * 0.5)
         row.update({"kept_epoch": self.best_epoch, "objective": self.best_scores.get("val_auc", float("nan"))})
         diverged = not np.isfinite(logs.get("loss", 0.0))
-        if self.wait >= self.cfg.patience or epoch + 1 >= self.cfg.max_epochs or diverged:
+        if self.wait >= self.cfg.patience or epoch + 1 >= self.epochs or diverged:
             if self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
             self.model.stop_training = True

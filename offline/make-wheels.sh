@@ -1,9 +1,10 @@
 #!/bin/bash
 # Build kit/site.tar.xz: the packages an offline GPU machine lacks, installed for CPython 3.12 x86-64 and
 # packed with xz (run from the project root, on a machine with network; the Python here may be any 3.x).
-# That machine is expected to have Python 3.12, JAX with CUDA, NumPy, pandas, matplotlib, OpenCV and
-# SciPy; the kit brings Keras, keras-tuner, a Ray repacked for Tune only and what they need besides.
-# The downloaded wheels stay in .whl/ (Ray already stripped). On the GPU machine, without pip:
+# That machine is expected to have Python 3.12 (PYVER=3.11 for 3.11), JAX with CUDA, NumPy, pandas,
+# pyarrow (ray.tune needs it; its 55 MB wheel leaves no room in a 64 MiB transfer), matplotlib and OpenCV;
+# the kit brings Keras, keras-tuner, a Ray repacked for Tune only and what they need besides.
+# The downloaded wheels stay in .whl/ (Ray already repacked). On the GPU machine, without pip:
 #   mkdir -p .site && tar -xJf kit/site.tar.xz -C .site && export PYTHONPATH=$PWD/.site:$PWD KERAS_BACKEND=jax
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,7 +31,8 @@ for w in "$tmp"/raw/*.whl; do
 done
 python3 -m pip install -q --no-deps --no-compile "${pyargs[@]}" --target "$tmp/site" .whl/*.whl
 # Not needed at run time: tests, caches, type stubs, console scripts, the rest of Ray's web client, and
-# the symbol tables of Ray's own binaries (they only make crash traces readable; about 2.5 MB packed).
+# the symbol tables of Ray's own binaries (they only make crash traces readable; skipped where binutils'
+# strip is missing, the archive is then a few MB larger).
 cd "$tmp/site"
 find . -depth -type d \( -name __pycache__ -o -name tests -o -name test \) -prune -exec rm -rf {} +
 find . -name '*.pyi' -delete

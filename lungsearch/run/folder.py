@@ -91,7 +91,7 @@ def rerun_command(run_dir: Path, manifest: dict[str, Any]) -> str:
     words = ["python", "-m", "lungsearch", "run", str(space_file), "--data", str(data_dir), "--results",
              str(run_dir.parent)] + (["--smoke"] if manifest.get("smoke") else [])
     for key in ("split", "image_size", "max_epochs", "num_samples", "seed", "cpus_per_trial", "gpus_per_trial",
-                "max_concurrent", "max_failures", "searcher", "fixed_points"):
+                "max_concurrent", "max_failures", "searcher", "fixed_points", "budget_epochs", "budget_minutes"):
         if settings.get(key) is None or (key in base and settings[key] == base[key]):
             continue
         if key == "fixed_points":

@@ -18,12 +18,13 @@ class SearchIncomplete(Exception):
         self.exit_code, self.run_dir = exit_code, run_dir
 
 
-def search_status(results, total: int | None, interrupted: bool) -> str:
+def search_status(results, total: int | None, interrupted: bool, budget_spent: bool = False) -> str:
     """'interrupted' (stopped before every planned trial ended: resume finishes it), 'failed' (every trial
-    failed) or 'finished'. `results` is Tune's ResultGrid (None if fit() never returned)."""
-    if interrupted or results is None or total is None or len(results) < total:
+    failed) or 'finished'. `results` is Tune's ResultGrid (None if fit() never returned). A search whose budget
+    was spent (`budget_spent`) finished, however many of its planned trials ran."""
+    if interrupted or results is None or total is None or (len(results) < total and not budget_spent):
         return "interrupted"
-    if results.num_terminated + results.num_errors < len(results):  # a trial still pending or running
+    if results.num_terminated + results.num_errors < len(results) and not budget_spent:  # pending or running
         return "interrupted"
     if len(results) and results.num_errors == len(results):
         return "failed"

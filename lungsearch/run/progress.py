@@ -94,24 +94,29 @@ class Progress(tune.Callback):
     The status: trials running, finished, stopped early by ASHA and failed, of the planned total; epochs
     trained; the best objective (validation AUC) and its trial; the time since the start and an estimate of the
     time left (from the share of the trial budget, trials times max_epochs, done so far in this session).
+    With a search budget (`budget_epochs`, or `budget_s` seconds) the status shows how much of it is spent, the
+    estimate comes from it, and the trials the spent budget stopped say so.
     `live` (None: whether stdout is a terminal), `console` (a rich Console) and `clock` are for tests."""
 
     HEARTBEAT_S, REDRAW_S = 30.0, 0.25
     showing: list["Progress"] = []  # those with a live line on the terminal now (close_all)
 
-    def __init__(self, total: int, max_epochs: int | None = None, live: bool | None = None, console=None,
-                 clock=time.monotonic):
+    def __init__(self, total: int, max_epochs: int | None = None, budget_epochs: int = 0, budget_s: float = 0.0,
+                 live: bool | None = None, console=None, clock=time.monotonic):
         self.total, self.max_epochs, self.live, self.console, self.clock = total, max_epochs, live, console, clock
+        self.budget_epochs, self.budget_s, self.epochs = budget_epochs, budget_s, 0
         self.started, self.beat, self.drawn, self.display = clock(), -math.inf, -math.inf, None
         self.done_at_start: float | None = None
         self.ended_ids: set[str] = set()  # trials that ended before (a resumed search) or that Tune said ended
 
     def __getstate__(self) -> dict:
-        return {"total": self.total, "max_epochs": self.max_epochs}
+        return {"total": self.total, "max_epochs": self.max_epochs, "budget_epochs": self.budget_epochs,
+                "budget_s": self.budget_s}
 
     def __setstate__(self, state: dict) -> None:
         """`resume` unpickles this callback from the experiment: count afresh from now, on today's terminal."""
-        self.__init__(state["total"], state.get("max_epochs"))
+        self.__init__(state["total"], state.get("max_epochs"), state.get("budget_epochs", 0),
+                      state.get("budget_s", 0.0))
 
     def setup(self, **info) -> None:
         self.started = self.clock()
@@ -163,11 +168,23 @@ class Progress(tune.Callback):
         gained, spent = done - self.done_at_start, self.clock() - self.started
         left = ("" if done >= self.total else f" | {duration(spent * (self.total - done) / gained)} left"
                 if gained > 0 and self.max_epochs else " | time left: -")
+        self.epochs, trained = epochs, f"{epochs} epochs trained"
+        if self.budget_epochs:
+            trained = f"{epochs} of {self.budget_epochs} epochs trained (budget)"
+            left = f" | {duration(spent * (self.budget_epochs - epochs) / epochs)} left" if 0 < epochs < \
+                self.budget_epochs else left
+        elif self.budget_s:
+            trained += f" | {spent / 60:.1f} of {self.budget_s / 60:g} min (budget)"
+            left = f" | {duration(max(self.budget_s - spent, 0))} left"
         best_text = f"best val AUC {best:.4f} ({best_trial})" if best is not None else "best val AUC -"
+        planned = f"at most {self.total}" if self.budget_epochs or self.budget_s else f"{self.total}"
         return (f"{counts['running']} running, {counts['finished']} finished, {counts['stopped']} stopped early, "
                 f"{counts['failed']} failed" + (f", {counts['interrupted']} interrupted" if counts["interrupted"]
-                                                else "") + f" of {self.total} | {epochs} epochs trained | "
-                f"{best_text}{left}")
+                                                else "") + f" of {planned} | {trained} | {best_text}{left}")
+
+    def budget_spent(self) -> bool:
+        return bool(self.budget_epochs and self.epochs >= self.budget_epochs) or bool(
+            self.budget_s and self.clock() - self.started >= self.budget_s)
 
     def say(self, text: str) -> None:
         """A permanent line (above the live status line on a terminal)."""
@@ -210,7 +227,8 @@ class Progress(tune.Callback):
                 pass
             return f"{trial_name(trial)} failed after {count(epochs, 'epoch')}{error}"
         what = {"finished": "finished", "diverged": "diverged (loss not finite)",
-                "stopped": "stopped early by ASHA"}.get(kind, kind)
+                "stopped": "stopped: the budget is spent" if self.budget_spent() else "stopped early by ASHA"}.get(
+            kind, kind)
         return f"{trial_name(trial)} {what} after {count(epochs, 'epoch')}{auc}"
 
     def on_step_end(self, iteration, trials, **info):
@@ -225,6 +243,7 @@ class Progress(tune.Callback):
         self.tick(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.status(trials)  # the epochs so far: has the budget stopped this trial?
         self.say(self.ended(trial))
         self.tick(trials, force=self.display is not None)
 

@@ -13,6 +13,8 @@ from ray import tune
 
 from .. import data, space as spaces, store
 from ..config import OBJECTIVE, OBJECTIVE_MODE, SearchSettings, UserError
+from . import budget
+from .budget import Budget
 from .cluster import cluster_address, cluster_totals, connect, resources
 from .folder import print_split, print_table, run_folder_problem, write_run_folder
 from .outcome import InterruptWatch, SearchIncomplete, search_status
@@ -80,6 +82,15 @@ def resume_search(run_dir: str | Path, address: str | None = None) -> Path:
     return execute(run_dir, address, restore=True)
 
 
+def budget_text(settings: SearchSettings) -> str:
+    """The search's budget in words, for the line that starts it."""
+    if settings.budget_epochs:
+        return f"; budget: {settings.budget_epochs} epochs in all"
+    if settings.budget_minutes:
+        return f"; budget: {settings.budget_minutes:g} minutes"
+    return ""
+
+
 def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: str | None = None,
             dataset: data.Dataset | None = None) -> Path:
     """Start (or restore) the Tune experiment in run_dir/ray as the manifest describes, then write the tables.
@@ -110,7 +121,7 @@ def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: s
         total = settings.num_samples + len(points)
         print(f"search: {settings.num_samples} sampled trial(s) + {len(points)} fixed point(s), "
               f"{res['cpu']:g} CPU and {res['gpu']:g} GPU per trial, up to {settings.max_epochs} epochs"
-              + (" (resumed)" if restore else ""), flush=True)
+              + budget_text(settings) + (" (resumed)" if restore else ""), flush=True)
         fn = tune.with_resources(
             tune.with_parameters(trainable, conditions=space.conditions, run_dir=str(run_dir), dataset=dataset,
                                  cpus=res["cpu"], gpus=res["gpu"]), res)
@@ -134,9 +145,12 @@ def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: s
                 ),
                 run_config=tune.RunConfig(
                     name="ray", storage_path=str(run_dir), verbose=0,
-                    callbacks=[Progress(total, settings.max_epochs),
+                    callbacks=[Progress(total, settings.max_epochs, settings.budget_epochs,
+                                        settings.budget_minutes * 60),
                                *([mlflow_callback(mlflow, run_dir)] if mlflow else [])],
                     failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                    stop=(Budget(run_dir, settings.budget_epochs, settings.budget_minutes)
+                          if settings.budget_epochs or settings.budget_minutes else None),
                 ),
             )
         with InterruptWatch() as watch:
@@ -150,7 +164,7 @@ def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: s
         RAY_LOG_HANDLER.close()
     wall = time.time() - started + (manifest.get("search_wall_s", 0) if restore else 0)
     manifest.update({"search_wall_s": round(wall, 1), "resumed": manifest.get("resumed", 0) + int(restore)})
-    status = search_status(results, total, interrupted)
+    status = search_status(results, total, interrupted, budget.spent(run_dir, settings, wall))
     if status == "interrupted":
         manifest.update({"status": "interrupted", "interrupted": datetime.now().isoformat(timespec="seconds")})
         store.write_json(run_dir / "manifest.json", manifest)
