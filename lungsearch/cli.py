@@ -91,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
                      help="folder for run folders (default: results); on a cluster, a path every node reaches")
     run.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT (default: start a local one)")
     run.add_argument("--cpus-per-trial", type=float, metavar="N",
-                     help="CPU cores per trial (default: 2 without GPUs; with GPUs, the cluster's CPUs per GPU, "
+                     help="CPU cores per trial (default: 1 without GPUs; with GPUs, the cluster's CPUs per GPU, "
                           "1 to 4)")
     run.add_argument("--gpus-per-trial", type=float, metavar="N",
                      help="GPUs per trial; fractions share a GPU, e.g. 0.25 (default: 1 where there are GPUs, else 0)")
@@ -106,9 +106,38 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-reuse-workers", dest="reuse_workers", action="store_const", const=False,
                      help="start a fresh worker process for every trial (default: a worker runs trial after trial, "
                           "so Python, Keras and the decoded images load once per worker)")
+    run.add_argument("--budget-epochs", type=int, metavar="N",
+                     help=overrides("stop every trial once the trials have trained N epochs in all; the search then "
+                                    "finishes with the trials it ran (0: no budget)", "budget_epochs"))
+    run.add_argument("--budget-minutes", type=float, metavar="M",
+                     help=overrides("stop every trial M minutes after the trials started; the search then finishes "
+                                    "with the trials it ran (0: no budget)", "budget_minutes"))
     run.add_argument("--mlflow", metavar="URI",
                      help="also log every trial (parameters, metrics per epoch, test metrics) to MLflow: a tracking "
                           "URI (sqlite:///mlflow.db, http://host:5000) or a folder; pip install -e \".[mlflow]\"")
+
+    versus = sub.add_parser(
+        "versus", help="race lungsearch against keras-tuner and Optuna on a space, with the same budget",
+        description="Race, one after the other on this machine with the same data, split, image size, epoch cap, "
+                    "seed and budget: lungsearch (ASHA with random and TPE sampling), keras-tuner RandomSearch and "
+                    "Hyperband, and Optuna (TPE with a successive-halving pruner; skipped without Optuna). Writes "
+                    "versus.md, versus.csv and versus.png; the last line printed is the race's folder.")
+    versus.add_argument("space", help="a bundled space by name (e.g. ablation) or the path of a space file")
+    versus.add_argument("--data", metavar="DIR", help="dataset folder (default: $LUNGSEARCH_DATA)")
+    versus.add_argument("--budget-epochs", type=int, metavar="N",
+                        help="each system trains N epochs in all, summed over its trials (default: 10 trials' worth, "
+                             "10 x the epoch cap: 40 with --smoke)")
+    versus.add_argument("--budget-minutes", type=float, metavar="M",
+                        help="each system runs M minutes of wall time instead (not with --budget-epochs)")
+    versus.add_argument("--smoke", action="store_true",
+                        help=f"the sizes of `run --smoke` ({SMOKE['image_size']} px, up to {SMOKE['max_epochs']} "
+                             f"epochs per trial, {SMOKE['data_limit']} training images), so the whole race takes "
+                             f"minutes")
+    versus.add_argument("--image-size", type=int, metavar="PX", help=overrides("image side in pixels", "image_size"))
+    versus.add_argument("--max-epochs", type=int, metavar="N", help=overrides("epoch cap per trial", "max_epochs"))
+    versus.add_argument("--seed", type=int, help=overrides("seed of the split, the samplers and the models", "seed"))
+    versus.add_argument("--results", default="results", metavar="DIR",
+                        help="folder for the race's folder (default: results)")
 
     resume = sub.add_parser("resume", help="finish an interrupted search without rerunning finished trials")
     resume.add_argument("run_dir", help="the interrupted run's folder (printed by `run` as `run folder: ...`)")
@@ -172,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "resume"):
             return search(args)
+        if args.command == "versus":
+            from .versus import race
+
+            print(race(args.space, args.data, args.results, args.smoke, args.budget_epochs, args.budget_minutes,
+                       image_size=args.image_size, max_epochs=args.max_epochs, seed=args.seed))
+            return 0
         if args.command == "report":
             from .report import write_report
 
@@ -239,7 +274,8 @@ def search(args: argparse.Namespace) -> int:
                 gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
                 max_failures=args.max_failures, searcher=args.searcher, fixed_points=args.fixed_points,
                 patience=args.patience, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-                keep_checkpoints=args.keep_checkpoints, mlflow=args.mlflow,
+                keep_checkpoints=args.keep_checkpoints, reuse_workers=args.reuse_workers,
+                budget_epochs=args.budget_epochs, budget_minutes=args.budget_minutes, mlflow=args.mlflow,
             )
         else:
             run_dir = resume_search(args.run_dir, args.address)

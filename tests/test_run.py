@@ -125,7 +125,7 @@ def test_a_trial_request_no_node_can_hold_is_refused():
     from lungsearch.run.cluster import resources
 
     laptop = [{"CPU": 2.0, "memory": 1e9}]
-    assert resources(SearchSettings(), laptop) == {"cpu": 2.0, "gpu": 0.0}
+    assert resources(SearchSettings(), laptop) == {"cpu": 1.0, "gpu": 0.0}  # two trials at a time
     with pytest.raises(UserError, match=r"--gpus-per-trial \(gpus_per_trial\) 2 asks for 2 GPU\(s\) per trial, but "
                                         r"the Ray cluster has 0 GPU\(s\) in all, at most 0 on one node"):
         resources(SearchSettings(gpus_per_trial=2), laptop)
