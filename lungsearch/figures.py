@@ -135,3 +135,29 @@ def fig_shift(a: Analysis, folder: Path) -> Path | None:
     ax.set(xlabel="holdout AUC (in-distribution)", ylabel="validation AUC (target distribution)", aspect="equal",
            title="Each trial at its kept epoch: points below the\ndiagonal lose on the target distribution")
     return save(fig, folder / "shift.png")
+
+
+def fig_versus(curves: dict[str, pd.DataFrame], target: float, budget_epochs: int, budget_s: float,
+               folder: Path) -> Path:
+    """`lungsearch versus`: each system's best validation objective so far against wall time (minutes since it
+    started) and against epochs trained, one line per system; dashed: the target, dotted: the budget."""
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for k, (system, c) in enumerate(curves.items()):
+        style = {"color": f"C{k}", "lw": 2.2 if system.startswith("lungsearch") else 1.5, "where": "post",
+                 "label": system}
+        for ax, x in ((axes[0], c["t_s"] / 60), (axes[1], c["epochs"])):
+            ax.step(x, c["best"], **style)
+            ax.plot(x.iloc[-1:], c["best"].iloc[-1:], "o", color=f"C{k}", ms=4)
+    for ax in axes:
+        ax.axhline(target, ls="--", color="grey", lw=1, label=f"target {target:.4f}")
+    if budget_s:
+        axes[0].axvline(budget_s / 60, ls=":", color="black", lw=1, label="budget")
+    if budget_epochs:
+        axes[1].axvline(budget_epochs, ls=":", color="black", lw=1, label="budget")
+    axes[0].set(xlabel="wall time since the system started (min)", ylabel="best validation AUC so far",
+                title="best objective so far, by time")
+    axes[1].set(xlabel="epochs trained (all trials)", title="best objective so far, by epochs")
+    axes[1].xaxis.get_major_locator().set_params(integer=True)
+    axes[1].legend(fontsize=8, loc="lower right")
+    return save(fig, folder / "versus.png")

@@ -29,6 +29,7 @@ class Space:
     params: dict[str, Any]  # name -> keras-tuner HyperParameter
     conditions: dict[str, list[tuple[str, list]]]  # name -> [(parent, values that make it active)]
     settings: dict[str, Any]  # SETTINGS as written in the file
+    hp: Any = None  # the file's keras_tuner.HyperParameters (None without one)
 
     @property
     def name(self) -> str:
@@ -128,7 +129,7 @@ def load(path: str | Path) -> Space:
                 if parent not in params:
                     raise UserError(f"space file {path}: {name!r} depends on {parent!r}, which is not declared")
     doc = (namespace.get("__doc__") or "").strip()
-    return Space(path, source, doc, params, conditions, settings)
+    return Space(path, source, doc, params, conditions, settings, hp)
 
 
 def on_grid(value: float, step: float) -> bool:

@@ -2,6 +2,7 @@
 directly (params.json, result.json, error.txt), so it works the same after a resume."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from importlib import metadata
@@ -19,6 +20,22 @@ METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
 HISTORY = ("epoch", "epoch_s", "lr", "objective", "kept_epoch", *METRICS, *(f"val_{m}" for m in SCORES),
            *(f"holdout_{m}" for m in SCORES))
 TEST_METRICS = (*SCORES, *COUNTS)
+
+
+BUDGET_LOG = "budget.csv"  # a search with a budget: each epoch result as the driver received it (run.budget)
+
+
+def read_budget_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run folder's budget.csv (none when the search had no budget or trained no epoch): unix time
+    the driver received the epoch, seconds since the search began, trial id, epoch, objective (NaN before a kept
+    epoch), whether it was the trial's last epoch, and whether it counts against the budget."""
+    path = Path(run_dir) / BUDGET_LOG
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{**r, "at": float(r["at"]), "elapsed_s": float(r["elapsed_s"]), "epoch": int(r["epoch"]),
+                 "objective": float(r["objective"]) if r["objective"] else float("nan"), "final": r["final"] == "1",
+                 "counted": r["counted"] == "1"} for r in csv.DictReader(f)]
 
 
 def package_versions() -> dict[str, str]:

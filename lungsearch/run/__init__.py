@@ -7,6 +7,7 @@ modules that need it: importing `lungsearch.run` or its Ray-free modules does no
   search     run_search, resume_search, execute: the entry points
   cluster    start or join Ray; the CPUs and GPUs per trial
   searchers  what is searched: param space, fixed points, searcher, ASHA scheduler
+  budget     the search's budget (epochs in all, or minutes): a stopper that writes budget.csv
   trial      the function each Tune trial runs
   progress   the console while a search runs; Ray's log into the run folder
   tracking   MLflow logging (--mlflow)

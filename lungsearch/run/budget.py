@@ -1,6 +1,6 @@
 """A search's budget (settings budget_epochs, budget_minutes): a Ray Tune stopper that ends every trial once the
 trials have trained that many epochs in all, or that many minutes after the search began, and writes each epoch
-as the driver received it to the run folder's budget.csv."""
+as the driver received it to the run folder's budget.csv (store.read_budget_log reads it)."""
 from __future__ import annotations
 
 import csv
@@ -14,15 +14,14 @@ from ray import tune
 from .. import store
 from ..config import OBJECTIVE, SearchSettings
 
-BUDGET_LOG = "budget.csv"  # in the run folder: one row per epoch result the driver received
 COLUMNS = ("at", "elapsed_s", "trial_id", "epoch", "objective", "final", "counted")
 
 
 class Budget(tune.Stopper):
     """Stop every trial once the search's budget is spent.
 
-    - `epochs`: the epoch results counted so far (each trial's epochs, in the order the driver receives them)
-      reach `epochs`; the result that reaches it is the last one counted.
+    - `epochs`: the epoch results counted so far (every trial's, in the order the driver receives them) reach
+      `epochs`; the result that reaches it is the last one counted.
     - `minutes`: that long after this stopper was made (just before the trials start). Tune asks `stop_all` between
       results too, so the trials stop at the deadline, mid-epoch if need be; a result that arrives after it is
       logged but not counted.
@@ -41,8 +40,7 @@ class Budget(tune.Stopper):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """`resume` unpickles the stopper Tune saved when the search began: go on from what was spent."""
         self.__init__(state["run_dir"], state["epochs"], state["seconds"] / 60)
-        rows = read_log(self.run_dir)
-        self.used = sum(r["counted"] for r in rows)
+        self.used = sum(r["counted"] for r in store.read_budget_log(self.run_dir))
         try:
             wall = float(store.read_json(Path(self.run_dir) / "manifest.json").get("search_wall_s") or 0)
         except (OSError, ValueError):
@@ -62,7 +60,7 @@ class Budget(tune.Stopper):
         if key not in self.seen:  # Tune passes a trial's last result again when its function returns
             self.seen.add(key)
             elapsed = self.elapsed()
-            counted = not self.spent and not (self.seconds and elapsed > self.seconds)
+            counted = not self.spent
             self.late = self.late or not counted
             self.used += counted
             objective = result.get(OBJECTIVE)
@@ -70,7 +68,7 @@ class Budget(tune.Stopper):
                    "epoch": result.get("epoch", result.get("training_iteration")),
                    "objective": "" if objective is None or not math.isfinite(objective) else objective,
                    "final": int(bool(result.get("final"))), "counted": int(counted)}
-            path = Path(self.run_dir) / BUDGET_LOG
+            path = Path(self.run_dir) / store.BUDGET_LOG
             new = not path.exists()
             with open(path, "a", newline="") as f:
                 writer = csv.DictWriter(f, COLUMNS)
@@ -83,22 +81,12 @@ class Budget(tune.Stopper):
         return self.spent
 
 
-def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of run_dir/budget.csv (none when the search had no budget or trained no epoch)."""
-    path = Path(run_dir) / BUDGET_LOG
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{**r, "at": float(r["at"]), "elapsed_s": float(r["elapsed_s"]), "epoch": int(r["epoch"]),
-                 "objective": float(r["objective"]) if r["objective"] else math.nan, "final": r["final"] == "1",
-                 "counted": r["counted"] == "1"} for r in csv.DictReader(f)]
-
-
 def spent(run_dir: str | Path, settings: SearchSettings, wall_s: float) -> bool:
-    """Whether the search's budget was spent (so a search that ran fewer trials than planned still finished):
+    """Whether the search's budget was spent (a search that ran fewer trials than planned then still finished):
     its counted epochs reached budget_epochs, or its search time reached budget_minutes."""
+    rows = store.read_budget_log(run_dir)
     if settings.budget_epochs:
-        return sum(r["counted"] for r in read_log(run_dir)) >= settings.budget_epochs
+        return sum(r["counted"] for r in rows) >= settings.budget_epochs
     if settings.budget_minutes:
-        return wall_s >= settings.budget_minutes * 60 - 1 or any(not r["counted"] for r in read_log(run_dir))
+        return wall_s >= settings.budget_minutes * 60 - 1 or any(not r["counted"] for r in rows)
     return False

@@ -138,8 +138,8 @@ class Progress(tune.Callback):
         if trial.status == "TERMINATED":
             if last.get("final"):
                 return "diverged" if last.get("diverged") else "finished"
-            if trial.trial_id in self.ended_ids:
-                return "stopped"
+            if trial.trial_id in self.ended_ids or (self.budget_spent() and last.get("training_iteration")):
+                return "stopped"  # by ASHA, or by the spent budget
             return "interrupted" if last.get("training_iteration") else "waiting"
         return {"RUNNING": "running", "ERROR": "failed"}.get(trial.status, "waiting")
 
@@ -171,11 +171,11 @@ class Progress(tune.Callback):
         self.epochs, trained = epochs, f"{epochs} epochs trained"
         if self.budget_epochs:
             trained = f"{epochs} of {self.budget_epochs} epochs trained (budget)"
-            left = f" | {duration(spent * (self.budget_epochs - epochs) / epochs)} left" if 0 < epochs < \
-                self.budget_epochs else left
+            left = ("" if epochs >= self.budget_epochs else " | time left: -" if not epochs else
+                    f" | {duration(spent * (self.budget_epochs - epochs) / epochs)} left")
         elif self.budget_s:
             trained += f" | {spent / 60:.1f} of {self.budget_s / 60:g} min (budget)"
-            left = f" | {duration(max(self.budget_s - spent, 0))} left"
+            left = f" | {duration(self.budget_s - spent)} left" if spent < self.budget_s else ""
         best_text = f"best val AUC {best:.4f} ({best_trial})" if best is not None else "best val AUC -"
         planned = f"at most {self.total}" if self.budget_epochs or self.budget_s else f"{self.total}"
         return (f"{counts['running']} running, {counts['finished']} finished, {counts['stopped']} stopped early, "

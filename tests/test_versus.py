@@ -1,0 +1,184 @@
+"""`lungsearch versus`: a real race of every system (Ray, keras-tuner, Optuna) on tiny synthetic images, its
+record, and the budgets it keeps."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, processes_marked
+
+SYSTEMS = ["lungsearch-random", "lungsearch-tpe", "keras-tuner-random", "keras-tuner-hyperband", "optuna"]
+
+
+def test_a_race_runs_every_system_within_the_same_budget_and_writes_its_record(tmp_path, dataset, cache_dir,
+                                                                              ray_processes_stopped):
+    budget = 4
+    out = subprocess.run([sys.executable, "-m", "lungsearch", "versus", "ablation", "--data", str(dataset), "--smoke",
+                          "--budget-epochs", str(budget), "--max-epochs", "2", "--image-size", "32", "--results",
+                          str(tmp_path / "results")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    folder = Path(lines[-1])
+    assert folder.parent == tmp_path / "results" and folder.name.endswith("-versus-ablation-smoke")
+    for k, system in enumerate(SYSTEMS, 1):  # progress: which system, how far into its budget
+        assert f"== [{k}/5] {system}" in out.stdout
+    assert "[keras-tuner-random 0:00:" in out.stdout and f"of {budget} epochs" in out.stdout
+    assert "of 4 epochs trained (budget)" in out.stdout  # lungsearch's own status line
+
+    table = pd.read_csv(folder / "versus.csv", keep_default_na=False)
+    assert list(table["system"]) == SYSTEMS and set(table["status"]) == {"ran"}
+    assert (table["epochs"] == budget).all()  # each system's counted epochs: exactly its budget
+    at_once = table.loc[:1, "parallelism"].str.extract(r"up to (\d+) trial")[0].astype(int)
+    assert (at_once >= 1).all()
+    # Ray stops every trial at the budget's last epoch; epochs other trials had in flight are trained but not
+    # counted; an in-process system trains none past its budget
+    assert (table.loc[:1, "epochs_over_budget"] <= at_once - 1).all()
+    assert (table.loc[2:, "epochs_over_budget"] == 0).all()
+    assert table.loc[2:, "parallelism"].str.startswith("one trial at a time").all()
+    assert (table["trials"] >= 1).all() and (table["first_ranked"] != "").all()
+    for col in ("test_auc", "test_auc_lo", "test_auc_hi", "test_f1_at_threshold"):
+        assert table[col].map(lambda v: 0 <= float(v) <= 1).all(), col
+    assert (table["test_auc_lo"].astype(float) <= table["test_auc_hi"].astype(float)).all()
+    target = float(table["target"].iloc[0])
+    reference = pd.read_csv(folder / "reference.csv")
+    assert sorted(reference["model"]) == ["base", "bn_aug", "bn_aug_dropout"] and target == reference["objective"].max()
+    for row in table.itertuples():  # time to target: where the best-so-far curve first reaches the target
+        assert (row.time_to_target_s == "") == (float(row.best_objective) < target)
+
+    curves = pd.read_csv(folder / "curves.csv")
+    for system, c in curves.groupby("system", sort=False):
+        assert list(c["epochs"]) == list(range(1, budget + 1)), system
+        assert c["t_s"].is_monotonic_increasing and c["best"].dropna().is_monotonic_increasing, system
+        best_so_far = c["objective"].cummax()
+        assert (c["best"].dropna() == best_so_far[c["best"].notna()]).all(), system
+
+    for name in ("versus.md", "versus.png", "reference/base/model.keras"):
+        assert (folder / name).is_file(), name
+    for project in ("keras-tuner-random", "keras-tuner-hyperband"):  # keras-tuner's folders inside the race's
+        assert (folder / project / "oracle.json").is_file()
+    for system in SYSTEMS[:2]:  # lungsearch's own run folders, with the budget's record of every epoch
+        [run_dir] = (folder / system).iterdir()
+        assert pd.read_csv(run_dir / "budget.csv")["counted"].sum() == budget
+    report = (folder / "versus.md").read_text()
+    assert "**Time to target**" in report and "**Final test quality**" in report and "95%" in report
+    assert "keras-tuner Hyperband" in report and "Ray Tune: up to" in report
+
+    deadline = time.time() + 15  # the race stopped every Ray process it started
+    while processes_marked(ray_processes_stopped) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not processes_marked(ray_processes_stopped)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--budget-epochs", "5", "--budget-minutes", "2"], "give one budget, not both"),
+    (["--budget-epochs", "0"], "--budget-epochs must be a whole number of epochs, 1 or more, got 0"),
+    (["--budget-minutes", "-1"], "--budget-minutes must be above 0, got -1"),
+    (["--image-size", "8"], "--image-size must be"),
+])
+def test_bad_input_exits_2_with_the_fix_and_leaves_no_folder(flags, message, tmp_path, dataset, cache_dir, capsys):
+    from lungsearch import cli
+
+    assert cli.main(["versus", "ablation", "--data", str(dataset), "--results", str(tmp_path / "r"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_a_space_that_searches_nothing_is_refused(tmp_path, dataset, cache_dir, capsys):
+    from lungsearch import cli
+
+    assert cli.main(["versus", "report", "--data", str(dataset), "--results", str(tmp_path / "r")]) == 2
+    assert "searches nothing" in capsys.readouterr().err
+
+
+def test_the_in_process_clock_counts_epochs_and_refuses_those_past_the_deadline(monkeypatch, capsys):
+    from lungsearch import versus
+
+    now = [100.0]
+    monkeypatch.setattr(versus.time, "time", lambda: now[0])
+    clock = versus.Clock("x", versus.Budget(epochs=3), started=100.0)
+    report = clock.reporter("t1")
+    for epoch in (1, 2):
+        report({"epoch": epoch, "objective": 0.5 + epoch / 10})
+    assert not clock.spent
+    report({"epoch": 3, "objective": 0.9, "final": True})  # the budget's last epoch counts, and ends the system
+    assert clock.spent and len(clock.records) == 3
+    with pytest.raises(versus.BudgetSpent):
+        clock.reporter("t2")({"epoch": 1, "objective": 0.95})
+    assert len(clock.records) == 3 and clock.over == 1
+    assert "[x 0:00:00] trial t1 ended after epoch 3, val AUC 0.9000 | 3 of 3 epochs" in capsys.readouterr().out
+
+    clock = versus.Clock("y", versus.Budget(seconds=60), started=100.0)
+    report = clock.reporter("t1")
+    now[0] = 159.0
+    report({"epoch": 1, "objective": 0.7})
+    now[0] = 161.0  # this epoch ended past the deadline: not counted, and the trial ends
+    with pytest.raises(versus.BudgetSpent):
+        report({"epoch": 2, "objective": 0.8})
+    assert [r["epoch"] for r in clock.records] == [1] and clock.spent and clock.over == 1
+    assert "trial t1" not in capsys.readouterr().out  # no trial ended on its own
+
+
+def test_rays_budget_stopper_counts_each_epoch_once_and_stops_at_the_budget(tmp_path, monkeypatch):
+    from lungsearch import store
+    from lungsearch.config import SearchSettings
+    from lungsearch.run import budget
+
+    stopper = budget.Budget(tmp_path, epochs=3)
+    assert not stopper("trial_a", {"training_iteration": 1, "time_total_s": 1.0, "objective": 0.6})
+    assert not stopper("trial_a", {"training_iteration": 1, "time_total_s": 1.0, "objective": 0.6})  # Tune's repeat
+    assert not stopper("trial_b", {"training_iteration": 1, "time_total_s": 1.5, "objective": 0.7})
+    assert stopper("trial_a", {"training_iteration": 2, "time_total_s": 2.0, "objective": 0.8, "final": True})
+    assert stopper.stop_all()
+    assert stopper("trial_b", {"training_iteration": 2, "time_total_s": 3.0, "objective": 0.9})  # in flight
+    log = store.read_budget_log(tmp_path)
+    assert [r["counted"] for r in log] == [True, True, True, False] and log[2]["final"]
+    assert budget.spent(tmp_path, SearchSettings(budget_epochs=3), 5)
+    assert not budget.spent(tmp_path, SearchSettings(budget_epochs=4), 5)
+
+    minutes = budget.Budget(tmp_path / "m", minutes=1)
+    (tmp_path / "m").mkdir()
+    clock = [minutes.started]
+    monkeypatch.setattr(budget.time, "time", lambda: clock[0])
+    assert not minutes("t", {"training_iteration": 1, "time_total_s": 1.0, "objective": 0.5})
+    clock[0] += 61
+    assert minutes.stop_all()  # Tune asks between results too: the trials stop at the deadline
+    assert minutes("t", {"training_iteration": 2, "time_total_s": 62.0, "objective": 0.6})
+    assert [r["counted"] for r in store.read_budget_log(tmp_path / "m")] == [True, False]
+
+
+def test_optuna_draws_what_the_keras_tuner_declarations_allow(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from lungsearch import space as spaces, versus
+
+    space_file = tmp_path / "s.py"
+    space_file.write_text('''"""Test."""
+import keras_tuner as kt
+hp = kt.HyperParameters()
+hp.Boolean("augment")
+with hp.conditional_scope("augment", [True]):
+    hp.Float("aug_zoom", 0.0, 0.3, step=0.05)
+hp.Int("dense_units", 32, 512, sampling="log")
+hp.Int("filters", 16, 64, step=16)
+hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")
+hp.Choice("batch_size", [16, 32])
+hp.Fixed("conv_blocks", 3)
+''')
+    space = spaces.load(space_file)
+    race = versus.Race.__new__(versus.Race)
+    race.space, race.held = space, []
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = []
+    for _ in range(40):
+        trial = study.ask()
+        values = versus.suggest(trial, race)
+        study.tell(trial, 0.5)
+        seen.append(values)
+        assert ("aug_zoom" in values) == values["augment"]
+        assert values.get("aug_zoom", 0.0) in {0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3}
+        assert 32 <= values["dense_units"] <= 512 and values["filters"] in (16, 32, 48, 64)
+        assert 1e-4 <= values["learning_rate"] <= 1e-2 and values["batch_size"] in (16, 32)
+        assert values["conv_blocks"] == 3
+    assert {v["augment"] for v in seen} == {False, True}
