@@ -30,6 +30,10 @@ def trainable(config: dict[str, Any], conditions: dict, run_dir: str, dataset=No
     (`reuse_workers`) one process runs this for trial after trial; `run_trial` resets what a trial sets.
     `cpus`, `gpus`: the trial's resources."""
     started = time.time()
+    # A reused worker takes its next trial once the last one's training thread has ended; Tune waits 2 s for
+    # that by default, and on a busy machine a stopped trial can take longer to unwind, which made Tune fail
+    # the next trial ("reuse requires reset_config() ... return True"). Read by Tune in this process.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     if cpus and not gpus:
         limit_threads(cpus)
     from ..train import run_trial
