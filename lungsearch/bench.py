@@ -115,11 +115,14 @@ SOLO_PROBE = """
 import json, sys
 from lungsearch.bench import epoch_time
 from lungsearch.config import TrialConfig
+from lungsearch.data import scan
 from lungsearch.train import trial_data
-times = []
+times, scans = [], {}
 for config in json.loads(sys.argv[1]):
     cfg = TrialConfig.from_dict(config)
-    x, y, _ = trial_data(cfg)
+    if cfg.data_dir not in scans:  # hash the folder once, as a search's driver does for its trials
+        scans[cfg.data_dir] = scan(cfg.data_dir)
+    x, y, _ = trial_data(cfg, scans[cfg.data_dir])
     times.append(epoch_time(cfg, x, y, 1))
 print(json.dumps(times))
 """
