@@ -14,8 +14,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from . import data, models, space as spaces, store
-from .config import FIXED_POINTS, TrialConfig, UserError
+from . import confirmation, data, models, space as spaces, store
+from .config import FIXED_POINTS, TrialConfig, UserError, count
 from .metrics import binary_metrics, bootstrap_ci, paired_difference, val_threshold
 from .predict import load_model
 
@@ -50,7 +50,9 @@ class Run:
 
     def config(self, trial: str) -> TrialConfig:
         """The trial's full config, inactive conditional parameters dropped, as it was trained."""
-        params = store.read_json(self.dir / "ray" / trial / "params.json")
+        folder = next((self.dir / f / trial for f in store.STAGES if (self.dir / f / trial).is_dir()),
+                      self.dir / "ray" / trial)
+        params = store.read_json(folder / "params.json")
         return TrialConfig.from_dict(spaces.active(params, self.manifest.get("conditions", {})))
 
 
@@ -95,6 +97,9 @@ class Analysis:
     ensemble: Evaluation | None
     data: "RunData"
     vs_base: dict[str, Any] | None = None  # paired_difference(best, base); None without both models
+    confirmed: pd.DataFrame | None = None  # confirmation.summary: configurations by their seeds' mean objective
+    final: dict[str, Any] | None = None  # the final-model rule: candidates' validation AUC and the one chosen
+    fidelity: dict[str, Any] | None = None  # confirmation.fidelity: low- vs higher-fidelity rank correlations
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -138,7 +143,7 @@ class RunData:
         self.consts, self.log, self.manifest = consts, log, run.manifest
         self.arrays: dict[tuple[int, str], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         self.ds, self.images = self.load(int(consts["image_size"]))
-        self.split = data.make_split(self.ds, consts["split"], int(consts["seed"]), int(consts["data_limit"]))
+        self.split = data.make_split(self.ds, consts["split"], data.run_split_seed(consts), int(consts["data_limit"]))
 
     def load(self, size: int, normalize: str = "none") -> tuple[data.Dataset, np.ndarray]:
         # this user's cache ($LUNGSEARCH_CACHE)
@@ -201,20 +206,34 @@ def analyse(run_dir: str | Path, top: int = 5, ensemble: int = 3, data_dir: str 
             n_boot: int = 1000, log: Callable[[str], Any] = print) -> Analysis:
     """Rank the trials and evaluate the fixed points, the `top` best trials with checkpoints and an
     ensemble of the `ensemble` best (0: none) on the run's own validation, test and holdout parts, each
-    model fed images decoded as it was trained on and predicted with test-time flips when its config says."""
+    model fed images decoded as it was trained on and predicted with test-time flips when its config says.
+    A run with a confirmation stage is judged on its confirmation trials (confirmed_analysis)."""
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     if ensemble == 1 or ensemble < 0:
         raise UserError(f"--ensemble must be 2 or more (or 0 for none), got {ensemble}")
     run = load_run(run_dir)  # trials in leaderboard order
     board = run.trials.assign(checkpoint=[run.checkpoint(t) is not None for t in run.trials["trial"]])
+    board = board.drop(columns=["trial_dir"], errors="ignore")
+    board.to_csv(run.dir / "leaderboard.csv", index=False)  # rank, trial, ..., checkpoint (True if saved)
+    rdata = RunData(run, data_dir, log)
+    if not confirmation.stage_of(board, confirmation.STAGE).empty:
+        return confirmed_analysis(run, board, rdata, top, n_boot, log)
     ranked = list(board.loc[board["checkpoint"], "trial"])
     fixed = [t for t in ranked if board.set_index("trial").loc[t, "fixed_point"]]
-    wanted = list(dict.fromkeys(ranked[: max(top, ensemble)] + fixed))
-    rdata = RunData(run, data_dir, log)
-    seed, groups = int(run.manifest["run_constants"].get("seed", 0)), rdata.patients("test")
-    evals = {}
-    for trial in wanted:
+    evals = evaluate_trials(run, rdata, list(dict.fromkeys(ranked[: max(top, ensemble)] + fixed)), n_boot, log)
+    members = ranked[:ensemble] if ensemble else []
+    ens = combine(f"ensemble of {len(members)}", [evals[m] for m in members], rdata, run, n_boot) \
+        if len(members) >= 2 else None
+    best = evals[ranked[0]] if ranked else None
+    return Analysis(run, board, evals, ranked[:top], best, ens, rdata, versus_base(best, evals, run, n_boot))
+
+
+def evaluate_trials(run: Run, rdata: "RunData", trials: list[str], n_boot: int,
+                    log: Callable[[str], Any]) -> dict[str, Evaluation]:
+    """Each trial's saved model on the validation, test and holdout parts."""
+    seed, groups, evals = int(run.manifest["run_constants"].get("seed", 0)), rdata.patients("test"), {}
+    for trial in trials:
         cfg = run.config(trial)
         model = load_model(run.checkpoint(trial))
         size = int(model.input_shape[1])
@@ -224,29 +243,93 @@ def analyse(run_dir: str | Path, top: int = 5, ensemble: int = 3, data_dir: str 
         evals[trial] = evaluate(cfg.fixed_point or trial, [trial], [size], y, p, n_boot, seed, cfg.fixed_point, groups)
         log(f"evaluated {trial}: test F1 {evals[trial].test['f1']:.4f} at 0.5, "
             f"{evals[trial].test_tuned['f1']:.4f} at the validation threshold {evals[trial].threshold:.3f}")
-    members, ens = (ranked[:ensemble] if ensemble else []), None
-    if len(members) >= 2:
-        first = evals[members[0]]
-        ens = evaluate(f"ensemble of {len(members)}", members, [s for m in members for s in evals[m].image_sizes],
-                       first.y, {k: np.mean([evals[m].p[k] for m in members], axis=0) for k in first.p}, n_boot, seed,
-                       groups=groups)
-    board = board.drop(columns=["trial_dir"], errors="ignore")
-    board.to_csv(run.dir / "leaderboard.csv", index=False)  # rank, trial, ..., checkpoint (True if saved)
-    best = evals[ranked[0]] if ranked else None
+    return evals
+
+
+def combine(name: str, members: list[Evaluation], rdata: "RunData", run: Run, n_boot: int) -> Evaluation:
+    """The ensemble of `members`: the mean of their probabilities, evaluated as one model (its own threshold
+    chosen on validation)."""
+    first, seed = members[0], int(run.manifest["run_constants"].get("seed", 0))
+    if len(members) == 1:
+        return first
+    return evaluate(name, [t for m in members for t in m.trials], [s for m in members for s in m.image_sizes],
+                    first.y, {k: np.mean([m.p[k] for m in members], axis=0) for k in first.p}, n_boot, seed,
+                    groups=rdata.patients("test"))
+
+
+def versus_base(best: Evaluation | None, evals: dict[str, Evaluation], run: Run, n_boot: int) -> dict | None:
+    """paired_difference of the best model and the base model on the same test patients; None without both."""
     base = next((e for e in evals.values() if e.fixed_point == "base"), None)
-    vs_base = ({"best": best.name, "base": base.name, "metrics": paired_difference(best, base, n_boot, seed)}
-               if best and base else None)
-    return Analysis(run, board, evals, ranked[:top], best, ens, rdata, vs_base)
+    if not (best and base):
+        return None
+    seed = int(run.manifest["run_constants"].get("seed", 0))
+    return {"best": best.name, "base": base.name, "metrics": paired_difference(best, base, n_boot, seed)}
+
+
+FINAL_RULE = ("the final model is the better on validation AUC of two candidates: the confirmed best configuration "
+              "(its seeds' models averaged) and the ensemble of every model of the confirmed top configurations; a "
+              "tie goes to the single configuration. Test data plays no part in the choice.")
+
+
+def final_candidates(per_config: dict[str, Evaluation], groups: list[list[str]], members: dict[str, Evaluation],
+                     k: int, rdata: "RunData", run: Run, n_boot: int) -> dict[str, Evaluation]:
+    """The two candidates of FINAL_RULE: the best configuration's seed ensemble and, when it holds other models,
+    the ensemble of every model of the top k configurations."""
+    if not per_config:
+        return {}
+    first, best = next(iter(per_config.items()))
+    candidates = {first: best}
+    top_trials = [t for g in groups[:k] for t in g]
+    if set(top_trials) != set(best.trials):
+        name = f"ensemble of the top {min(k, len(groups))} configurations"
+        candidates[name] = combine(f"{name} ({count(len(top_trials), 'model')})", [members[t] for t in top_trials],
+                                   rdata, run, n_boot)
+    return candidates
+
+
+def confirmed_analysis(run: Run, board: pd.DataFrame, rdata: "RunData", top: int, n_boot: int,
+                       log: Callable[[str], Any]) -> Analysis:
+    """A two-stage run: configurations ranked by their seeds' mean objective (confirmation.summary), every saved
+    confirmation model evaluated; the fixed points as the report trains them (the run's first seed); the final
+    model chosen on validation between the best configuration's seed ensemble and the top configurations'
+    ensemble (FINAL_RULE)."""
+    confirmed = confirmation.summary(run.trials)
+    saved = set(board.loc[board["checkpoint"], "trial"])
+    groups = [[t for t in row.trials.split() if t in saved] for row in confirmed.itertuples()]
+    first_seed = int(run.manifest["settings"].get("seed", 0))
+    conf = confirmation.stage_of(board, confirmation.STAGE).set_index("trial")
+    members = evaluate_trials(run, rdata, [t for g in groups for t in g], n_boot, log)
+    for t, ev in members.items():  # only the first seed's model stands for a fixed point in Table 1
+        if ev.fixed_point and int(conf.loc[t, "seed"]) != first_seed:
+            ev.fixed_point, ev.name = "", f"{ev.fixed_point} (seed {int(conf.loc[t, 'seed'])})"
+    names = list(confirmed["configuration"])
+    per_config = {n: combine(f"{n} ({count(len(g), 'seed')})", [members[t] for t in g], rdata, run, n_boot)
+                  for n, g in zip(names, groups) if g}
+    candidates = final_candidates(per_config, groups, members, int(run.manifest["settings"].get("confirm_top") or 3),
+                                  rdata, run, n_boot)
+    chosen, val_auc = (confirmation.choose_final({n: (e.y["val"], e.p["val"]) for n, e in candidates.items()})
+                       if candidates else (None, {}))
+    best = candidates.get(chosen)
+    ens = next((e for n, e in candidates.items() if n.startswith("ensemble")), None)
+    evals = {t: e for t, e in members.items() if e.fixed_point}
+    evals.update({g[0]: members[g[0]] for g in groups[:top] if g})
+    final = {"rule": FINAL_RULE, "val_auc": val_auc, "chosen": chosen, "model": best.name if best else None}
+    fid = confirmation.fidelity(run.trials, run.history, int(run.manifest["settings"].get("grace_period", 1)))
+    ranked = [t for g in groups for t in g]
+    return Analysis(run, board, evals, ranked[:top], best, ens, rdata, versus_base(best, members, run, n_boot),
+                    confirmed, final, fid)
 
 
 def asha_rungs(run: Run) -> list[tuple[int, pd.Series]]:
     """ASHA's rungs (epochs, placed as Ray's AsyncHyperBand places them), each with the objective there (the
     number ASHA compares; validation F1 in older runs) of the sampled trials that reached it (fixed points are
     never stopped, so they are left out)."""
-    s, h = run.manifest["settings"], run.history
-    lo, hi, rf = min(s["grace_period"], s["max_epochs"]), s["max_epochs"], s["reduction_factor"]
+    s, h = run.manifest["settings"], confirmation.stage_of(run.history, "search")
+    hi = int(run.manifest["run_constants"].get("max_epochs", s["max_epochs"]))  # the search stage's epochs
+    lo, rf = min(s["grace_period"], hi), s["reduction_factor"]
     rungs = sorted({lo * rf ** k for k in range(int(np.log(hi / lo) / np.log(rf) + 1))} | {hi})
-    sampled = set(run.trials.loc[run.trials["fixed_point"] == "", "trial"])
+    search = confirmation.stage_of(run.trials, "search")
+    sampled = set(search.loc[search["fixed_point"] == "", "trial"])
     return [(r, h.loc[(h["epoch"] == r) & h["trial"].isin(sampled), score_column(h)]) for r in rungs]
 
 
@@ -270,29 +353,46 @@ def card(a: Analysis, ev: Evaluation) -> dict[str, Any]:
 
 
 def export_best(a: Analysis) -> Path | None:
-    """best_model.keras and its card best_model.json in the run folder; None if no trial has a model. The best
-    model is the search's first-ranked trial with a checkpoint (ranked by the objective, never by test)."""
+    """The best model in the run folder with its card best_model.json; None if no trial has a model. One model:
+    best_model.keras (the search's first-ranked trial with a checkpoint, ranked by the objective, never by test).
+    An ensemble (a run with a confirmation stage: FINAL_RULE): its members in best_model/, listed by the card.
+    Returns the file to predict with."""
     if a.best is None:
         return None
-    dest, cfg = a.run.dir / "best_model.keras", a.run.config(a.best.trials[0])
-    load_model(a.run.checkpoint(a.best.trials[0])).save(dest)  # without optimizer state: a third the size
-    store.write_json(a.run.dir / "best_model.json", {"model": dest.name, **card(a, a.best), "tta": cfg.tta,
+    folder, single = a.run.dir / "best_model", a.run.dir / "best_model.keras"
+    shutil.rmtree(folder, ignore_errors=True)  # what an earlier report of this run exported
+    single.unlink(missing_ok=True)
+    if len(a.best.trials) > 1:
+        path = a.run.dir / "best_model.json"
+        store.write_json(path, {"kind": "ensemble", "combine": "mean of member probabilities",
+                                "members": write_members(a, a.best, folder), "final_choice": a.final,
+                                **card(a, a.best)})
+        return path
+    cfg = a.run.config(a.best.trials[0])
+    load_model(a.run.checkpoint(a.best.trials[0])).save(single)  # without optimizer state: a third the size
+    store.write_json(a.run.dir / "best_model.json", {"model": single.name, **card(a, a.best), "tta": cfg.tta,
                                                      "normalize": cfg.normalize, "config": cfg.to_dict()})
-    return dest
+    return single
+
+
+def write_members(a: Analysis, ev: Evaluation, folder: Path) -> list[dict[str, Any]]:
+    """The models of an ensemble evaluation copied into `folder`, as the entries of its card's members list."""
+    folder.mkdir(parents=True, exist_ok=True)
+    members = []
+    for trial, size in zip(ev.trials, ev.image_sizes):
+        load_model(a.run.checkpoint(trial)).save(folder / f"{trial}.keras")
+        members.append({"model": f"{folder.name}/{trial}.keras", "trial": trial, "image_size": size,
+                        "config": a.run.config(trial).to_dict()})
+    return members
 
 
 def export_ensemble(a: Analysis) -> Path | None:
     """ensemble.json listing member models copied into ensemble/, each fed at its own input size."""
     if a.ensemble is None:
         return None
-    folder, members = a.run.dir / "ensemble", []
+    folder = a.run.dir / "ensemble"
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
-    for trial, size in zip(a.ensemble.trials, a.ensemble.image_sizes):
-        load_model(a.run.checkpoint(trial)).save(folder / f"{trial}.keras")
-        members.append({"model": f"ensemble/{trial}.keras", "trial": trial, "image_size": size,
-                        "config": a.run.config(trial).to_dict()})
     path = a.run.dir / "ensemble.json"
-    store.write_json(path, {"kind": "ensemble", "combine": "mean of member probabilities", "members": members,
-                            **card(a, a.ensemble)})
+    store.write_json(path, {"kind": "ensemble", "combine": "mean of member probabilities",
+                            "members": write_members(a, a.ensemble, folder), **card(a, a.ensemble)})
     return path

@@ -73,8 +73,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--max-epochs", type=int, metavar="N", help=overrides("epoch budget per trial", "max_epochs"))
     run.add_argument("--num-samples", type=int, metavar="N",
                      help=overrides("sampled trials, not counting the three fixed points", "num_samples"))
-    run.add_argument("--seed", type=int, help=overrides("seed of the split, the trial sampling and the smoke subset",
-                                                        "seed"))
+    run.add_argument("--seed", type=int, help=overrides("seed of the trial sampling and the first training seed "
+                                                        "(weights, shuffling, augmentation)", "seed"))
+    run.add_argument("--split-seed", type=int, metavar="N",
+                     help=overrides("seed of the split and the smoke subset, apart from the training seed",
+                                    "split_seed"))
     run.add_argument("--patience", type=int, metavar="EPOCHS",
                      help=overrides("epochs without a better objective (validation AUC) before a trial stops early",
                                     "patience"))
@@ -83,6 +86,20 @@ def parser() -> argparse.ArgumentParser:
                                     "grace_period"))
     run.add_argument("--reduction-factor", type=int, metavar="K",
                      help=overrides("ASHA: keep the best 1/K of the trials at each rung", "reduction_factor"))
+    run.add_argument("--brackets", type=int, metavar="N",
+                     help=overrides("ASHA brackets (Hyperband-style): bracket s first judges a trial after "
+                                    "grace-period x reduction-factor**s epochs", "brackets"))
+    run.add_argument("--search-fraction", type=float, metavar="F",
+                     help=overrides("share of the training patients the search stage trains on (multi-fidelity; "
+                                    "below 1 needs --confirm-top)", "search_fraction"))
+    run.add_argument("--search-epochs", type=int, metavar="N",
+                     help=overrides("most epochs of a search-stage trial (0: --max-epochs)", "search_epochs"))
+    run.add_argument("--confirm-top", type=int, metavar="K",
+                     help=overrides("confirmation stage: retrain the K best sampled configurations and base on all "
+                                    "the training data for --max-epochs with --confirm-seeds seeds each (0: none)",
+                                    "confirm_top"))
+    run.add_argument("--confirm-seeds", type=int, metavar="R",
+                     help=overrides("training seeds per confirmed configuration", "confirm_seeds"))
     run.add_argument("--keep-checkpoints", type=int, metavar="N",
                      help=overrides("saved models of the best sampled trials; the fixed points' models are always "
                                     "kept", "keep_checkpoints"))
@@ -276,6 +293,8 @@ def search(args: argparse.Namespace) -> int:
                 patience=args.patience, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
                 keep_checkpoints=args.keep_checkpoints, reuse_workers=args.reuse_workers,
                 budget_epochs=args.budget_epochs, budget_minutes=args.budget_minutes, mlflow=args.mlflow,
+                split_seed=args.split_seed, search_fraction=args.search_fraction, search_epochs=args.search_epochs,
+                brackets=args.brackets, confirm_top=args.confirm_top, confirm_seeds=args.confirm_seeds,
             )
         else:
             run_dir = resume_search(args.run_dir, args.address)

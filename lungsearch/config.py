@@ -88,13 +88,18 @@ class TrialConfig:
     tta: bool = False  # at evaluation, average the prediction with that of the horizontally flipped image
     early_stop_on: str = "val"  # val (the split's validation part) | holdout (in-distribution, target split)
     mixed_precision: bool = False
-    seed: int = 0
+    seed: int = 0  # the training seed: weight initialisation, shuffling, augmentation, MixUp
+    split_seed: int = 0  # the split's seed: the same split_seed gives the same parts whatever the training seed
     # data and bookkeeping
     data_dir: str = ""
     cache_dir: str = ""
     split: str = "patient"
     data_limit: int = 0  # keep at most this many training images (0: all); smoke runs only
+    # multi-fidelity: train on this share of the training part's patients (stratified, drawn with split_seed, so
+    # every trial of a search sees the same images); the search stage's cheap trials, 1 at full fidelity
+    data_fraction: float = 1.0
     fixed_point: str = ""  # name of the report model this trial reproduces, empty for sampled trials
+    confirms: str = ""  # confirmation stage: the search trial whose configuration this trial retrains
 
     def __post_init__(self) -> None:
         validate(self, TRIAL_RULES, [
@@ -184,6 +189,7 @@ COMMON_RULES: dict[str, Rule] = {
     "image_size": at_least(16),
     "data_limit": ((lambda v: v >= 0), "0 (all) or more"),
     "seed": ((lambda v: 0 <= v < 2 ** 32), "in [0, 2**32)"),
+    "split_seed": ((lambda v: 0 <= v < 2 ** 32), "in [0, 2**32)"),
 }
 
 TRIAL_RULES: dict[str, Rule] = {
@@ -211,6 +217,7 @@ TRIAL_RULES: dict[str, Rule] = {
     "label_smoothing": ((lambda v: 0.0 <= v < 0.5), "in [0, 0.5)"),
     "mixup": ((lambda v: v >= 0.0), "0 (off) or more"),
     "early_stop_on": one_of("val", "holdout"),
+    "data_fraction": ((lambda v: 0.0 < v <= 1.0), "in (0, 1]"),
 }
 
 SETTINGS_RULES: dict[str, Rule] = {
@@ -227,6 +234,11 @@ SETTINGS_RULES: dict[str, Rule] = {
     "keep_checkpoints": ((lambda v: v >= 0), "0 or more"),
     "budget_epochs": ((lambda v: v >= 0), "0 (no budget) or more"),
     "budget_minutes": ((lambda v: v >= 0), "0 (no budget) or more"),
+    "search_fraction": ((lambda v: 0.0 < v <= 1.0), "in (0, 1]"),
+    "search_epochs": ((lambda v: v >= 0), "0 (max_epochs) or more"),
+    "brackets": at_least(1),
+    "confirm_top": ((lambda v: v >= 0), "0 (no confirmation stage) or more"),
+    "confirm_seeds": at_least(1),
 }
 
 
@@ -267,7 +279,8 @@ class SearchSettings:
     patience: int = 5
     image_size: int = 150
     split: str = "auto"  # auto: target when the dataset has test/, else patient
-    seed: int = 0
+    seed: int = 0  # the sampler's seed and the first training seed
+    split_seed: int = 0  # the split's seed (and the smoke subset's), apart from the training seed
     data_limit: int = 0
     grace_period: int = 3  # ASHA: epochs before a trial can first be stopped
     reduction_factor: int = 3  # ASHA: keep the best 1/reduction_factor at each rung
@@ -284,12 +297,32 @@ class SearchSettings:
     # Minutes: every trial stops this long after the trials started (time since the search began training).
     budget_epochs: int = 0
     budget_minutes: float = 0.0
+    # Multi-fidelity. The search stage trains every trial (fixed points too) on search_fraction of the training
+    # patients for up to search_epochs epochs (0: max_epochs), with ASHA over `brackets` brackets (Hyperband-style:
+    # bracket s first judges a trial at grace_period * reduction_factor**s epochs, so slow starters survive in the
+    # later brackets). The budget settings above limit this stage.
+    search_fraction: float = 1.0
+    search_epochs: int = 0
+    brackets: int = 1
+    # The confirmation stage (confirm_top > 0): the confirm_top best sampled configurations and base are retrained
+    # on all the training data for max_epochs with confirm_seeds training seeds each (seed, seed + 1, ...), and
+    # bn_aug and bn_aug_dropout once; the leaderboard ranks configurations by their mean objective over the seeds.
+    confirm_top: int = 0
+    confirm_seeds: int = 3
 
     def __post_init__(self) -> None:
         validate(self, SETTINGS_RULES, [
             (lambda s: not (s.budget_epochs and s.budget_minutes), "budget_minutes",
              "0 when budget_epochs is set (give one budget: epochs or minutes)"),
+            (lambda s: s.confirm_top > 0 or (s.search_fraction == 1.0 and s.search_epochs in (0, s.max_epochs)),
+             "confirm_top", "1 or more when the search stage trains at a lower fidelity (search_fraction below 1 "
+             "or search_epochs other than max_epochs): only the confirmation stage trains at full fidelity"),
         ])
+
+    @property
+    def stage_epochs(self) -> int:
+        """The most epochs a trial of the search stage trains."""
+        return self.search_epochs or self.max_epochs
 
     def replace(self, **changes: Any) -> "SearchSettings":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -365,6 +365,26 @@ def make_split(ds: Dataset, protocol: str, seed: int = 0, data_limit: int = 0) -
     return {k: np.sort(v) for k, v in split.items()}
 
 
+def training_share(ds: Dataset, train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """About `fraction` of the training indices `train`, whole patients, stratified by class (multi-fidelity: a
+    cheap trial trains on these). Drawn with the split's seed, so every trial of a search gets the same images;
+    at least one patient of each class is kept."""
+    if fraction >= 1.0:
+        return train
+    rng = np.random.default_rng([seed, 1])  # a stream of its own: the parts do not depend on the fraction
+    keep = grouped_pick(ds.labels[train], [ds.patients[i] for i in train], fraction, rng)
+    for c in (0, 1):
+        if not (ds.labels[train[keep]] == c).any() and (ds.labels[train] == c).any():
+            keep[np.flatnonzero(ds.labels[train] == c)[0]] = True
+    return np.sort(train[keep])
+
+
+def run_split_seed(run_constants: dict) -> int:
+    """The split seed a run folder's constants record: split_seed, or seed in runs made before the split had a
+    seed of its own."""
+    return int(run_constants.get("split_seed", run_constants.get("seed", 0)))
+
+
 def shared_patients(ds: Dataset, split: dict[str, np.ndarray]) -> set[str]:
     """Patient keys (real ones, not per-file keys) found in more than one part."""
     seen: dict[str, set[str]] = {}

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import analysis, data
+from . import analysis, confirmation, data, importance
 from .analysis import Analysis, fmt
 from .metrics import roc_points
 
@@ -78,7 +78,8 @@ def fig_best(a: Analysis, folder: Path) -> Path:
 
 def fig_asha(a: Analysis, folder: Path) -> Path:
     """Epochs each trial survived, and the objective (validation F1 in older runs) at each ASHA rung."""
-    b, h, rungs, col = a.board, a.run.history, analysis.asha_rungs(a.run), analysis.score_column(a.run.history)
+    b, h = confirmation.stage_of(a.board, "search"), confirmation.stage_of(a.run.history, "search")
+    rungs, col = analysis.asha_rungs(a.run), analysis.score_column(a.run.history)
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)
     present = [s for s in STATUS_COLOURS if (b["status"] == s).any()]
@@ -99,14 +100,19 @@ def fig_asha(a: Analysis, folder: Path) -> Path:
 
 
 def fig_params(a: Analysis, folder: Path) -> Path | None:
-    params, score_col = [c for c in a.board.columns if c.startswith("cfg_")], analysis.score_column(a.board)
-    if not params:
+    """Each searched parameter against the objective every sampled trial reached at the first rung (one budget
+    for all, so a knob's effect is not confused with how long ASHA let a trial train)."""
+    rung = first_rung(a)
+    table = importance.at_common_budget(a.board, a.run.history, rung)
+    params, score_col = [c for c in table.columns if c.startswith("cfg_")], "objective"
+    if not params or table.empty:
         return None
+    table = table.merge(a.board[["trial", "status"]], on="trial")
     cols, rng = min(4, len(params)), np.random.default_rng(0)
     fig = Figure(figsize=(3.3 * cols, 2.9 * math.ceil(len(params) / cols)), layout="constrained")
     axes = fig.subplots(math.ceil(len(params) / cols), cols, squeeze=False)
     for ax, col in zip(axes.flat, params):
-        rows = a.board[a.board[score_col].notna() & a.board[col].notna()]
+        rows = table[table[score_col].notna() & table[col].notna()]
         x = rows[col]
         if pd.api.types.is_bool_dtype(x) or not pd.api.types.is_numeric_dtype(x) or x.nunique() <= 2:
             cats = sorted(x.astype(str).unique())
@@ -115,10 +121,16 @@ def fig_params(a: Analysis, folder: Path) -> Path | None:
         elif (x > 0).all() and x.max() / x.min() > 20:
             ax.set_xscale("log")
         ax.scatter(x, rows[score_col], c=[STATUS_COLOURS.get(s, "grey") for s in rows["status"]], s=22)
-        ax.set(title=col[4:], ylabel=score_col)
+        ax.set(title=col[4:], ylabel=f"{score_col} at epoch {rung}")
     for ax in list(axes.flat)[len(params):]:
         ax.axis("off")
     return save(fig, folder / "hyperparameters.png")
+
+
+def first_rung(a: Analysis) -> int:
+    """ASHA's first rung in epochs: a budget every trial of the search stage reaches."""
+    s = a.run.manifest["settings"]
+    return int(min(s.get("grace_period", 1), a.run.manifest["run_constants"].get("max_epochs", s["max_epochs"])))
 
 
 def fig_shift(a: Analysis, folder: Path) -> Path | None:

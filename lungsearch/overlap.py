@@ -88,7 +88,7 @@ def training_overlap(source: Path, card: dict[str, Any], scored: list[str], eval
                          f"{(manifest.get('data') or {}).get('fingerprint')}) is not there or has changed, so its "
                          f"split cannot be rebuilt")
     try:
-        split = data.make_split(ds, consts["split"], int(consts.get("seed", 0)), int(consts.get("data_limit", 0)))
+        split = data.make_split(ds, consts["split"], data.run_split_seed(consts), int(consts.get("data_limit", 0)))
     except (UserError, KeyError, ValueError) as err:
         return unchecked(f"the run's split cannot be rebuilt ({err})")
     part_of: dict[str, str] = {}

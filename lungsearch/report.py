@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from . import analysis, data, store
+from . import analysis, confirmation, data, importance, store
 from .analysis import FIXED, SOURCE_REPORT, SPLIT_NAMES, Analysis, Evaluation, fmt, objective_text
-from .figures import STATUS_WORDS, fig_asha, fig_best, fig_curves, fig_params, fig_samples, fig_shift
+from .figures import STATUS_WORDS, fig_asha, fig_best, fig_curves, fig_params, fig_samples, fig_shift, first_rung
 from .config import count
 from .metrics import CI_METRICS
 from .predict import load_model
@@ -103,6 +103,68 @@ def asha_blocks(m: dict, b: pd.DataFrame, rungs: list[list[str]], fig: Path, col
                           rungs), ("img", fig, f"Epochs survived and {col} per rung")]
 
 
+def rho_text(f: dict[str, Any] | None) -> str:
+    """A rank correlation for the report: rho over n, or why there is none."""
+    if not f or f.get("n", 0) < 3 or f["rho"] != f["rho"]:
+        return f"not measurable ({count((f or {}).get('n', 0), 'configuration')} with both)"
+    return f"Spearman rho {f['rho']:+.2f} over {count(f['n'], 'configuration')}"
+
+
+def confirmation_blocks(a: Analysis) -> list:
+    """The confirmation stage: configurations by their seeds' mean objective, whether the first place held, how
+    well the cheap objective predicted the confirmed one, and the final-model rule with its outcome."""
+    if a.confirmed is None or a.confirmed.empty:
+        return [("p", "This run has no confirmation stage (`confirm_top: 0`): the leaderboard ranks single trials "
+                      "by one seed each.")]
+    s, held = a.run.manifest["settings"], confirmation.first_place(a.confirmed)
+    rows = [[str(r.rank), r.configuration, str(r.seeds), f"{fmt(r.objective_mean)} ± {fmt(r.objective_std, 3)}",
+             f"{fmt(r.objective_min)} to {fmt(r.objective_max)}", fmt(r.search_objective),
+             "–" if r.search_rank != r.search_rank else str(int(r.search_rank))] for r in a.confirmed.itertuples()]
+    fid, final = a.fidelity or {}, a.final or {}
+    return [
+        ("p", f"The search stage trained every trial on {100 * s.get('search_fraction', 1):g}% of the training "
+              f"patients for up to {a.run.manifest['run_constants']['max_epochs']} epochs. The "
+              f"{s.get('confirm_top')} best sampled configurations and base were then retrained on all of them for "
+              f"up to {s['max_epochs']} epochs with {count(s.get('confirm_seeds', 1), 'training seed')} each (one "
+              f"split for all: the split seed is {s.get('split_seed', 0)}); bn_aug and bn_aug_dropout once. "
+              f"Configurations are ranked by their mean objective over the seeds (± the standard deviation)."),
+        ("table", ["rank", "configuration", "seeds", "objective mean ± sd", "range", "search-stage objective",
+                   "search-stage rank"], rows),
+        ("p", f"**First place {'held' if held.get('held') else 'did not hold'}**: the search stage ranked "
+              f"`{held.get('search_first')}` first among these; over the seeds, `{held.get('confirmed_first')}` "
+              f"is first."),
+        ("p", f"How well the cheap objective predicts the full one: search stage against confirmed mean, "
+              f"{rho_text(fid.get('search_vs_confirmed'))}; within the search stage, the objective at epoch "
+              f"{fid.get('first_rung_vs_end', {}).get('rung', '?')} (the first rung) against the objective at the "
+              f"end of the trial, {rho_text(fid.get('first_rung_vs_end'))}."),
+        ("p", f"**The final model**: {final.get('rule', '')} Validation AUC: "
+              + "; ".join(f"{n} {fmt(v)}" for n, v in final.get("val_auc", {}).items())
+              + f". Chosen: **{final.get('chosen')}**, exported as `best_model.json`."),
+    ]
+
+
+def importance_blocks(a: Analysis, fig: Path | None) -> list:
+    """Each knob's importance at one budget, with the values the best trials took."""
+    rung = first_rung(a)
+    table = importance.at_common_budget(a.board, a.run.history, rung)
+    scores = importance.importances(table)
+    blocks: list = []
+    if scores:
+        blocks += [("p", f"PED-ANOVA importance (Optuna) of each searched parameter on the objective at epoch "
+                         f"{rung}, the first rung, which {count(len(table), 'sampled trial')} reached (parameters "
+                         f"that a condition switched off in some trials are left out); the values of the best fifth "
+                         f"of those trials beside it:"),
+                   ("table", ["parameter", "importance", "values in the best 20%"],
+                    [[k, f"{v:.3f}", importance.best_values(table, k)] for k, v in scores.items()])]
+    else:
+        blocks.append(("p", f"Too few sampled trials at epoch {rung} ({len(table)}; at least "
+                            f"{importance.MIN_TRIALS} are needed) to say which parameter matters."))
+    if fig:
+        blocks.append(("img", fig, f"Each searched hyperparameter against the objective at epoch {rung} "
+                                   f"({STATUS_WORDS} later)"))
+    return blocks
+
+
 def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> list[tuple[str, list]]:
     """(title, blocks): ("p", text), ("ul", items), ("pre", text), ("img", png, caption), ("table", head, rows)."""
     m, b, best, protocol = a.run.manifest, a.board, a.best, a.run.manifest["run_constants"]["split"]
@@ -159,6 +221,7 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
                                         f"none" if unsaved else "") + "."),
             ("table", ["rank", "trial", "model saved", "status", "epochs", "objective", "val F1", "val AUC", "test F1",
                        *(c[4:] for c in params)], board)]),
+        ("Confirmation: rankings that hold", confirmation_blocks(a)),
         ("Data", [("table", ["part", "images", "NORMAL", "PNEUMONIA", "% pneumonia", "patients", "source"],
                    [[p, *(str(v[k]) for k in ("images", *data.CLASSES)),
                      f"{100 * v['PNEUMONIA'] / max(v['images'], 1):.1f}", str(v["patients"]), src.get(p, "")]
@@ -171,9 +234,9 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
                         ("p", f"Layer summary of **{best.name}** (input {best.image_sizes[0]} px, greyscale; "
                               f"exported as `best_model.keras`):"), ("pre", "\n".join(summary))] if best else []),
         ("How ASHA spent the budget", asha_blocks(m, b, rungs, figs["asha"], col)),
-        ("Hyperparameters", [("img", figs["hyperparameters"], f"Each searched hyperparameter against the "
-                                                                   f"{col} ({STATUS_WORDS})")]
-         if figs["hyperparameters"] else [("p", "No hyperparameters were searched in this space.")]),
+        ("What the search learned", importance_blocks(a, figs["hyperparameters"])
+         if [c for c in b.columns if c.startswith("cfg_")] else [("p", "No hyperparameters were searched in this "
+                                                                         "space.")]),
         ("Run facts", [("ul", facts(a)),
                        ("p", f"Failed trials: {len(failed)}" + (", and why:" if len(failed) else ".")),
                        ("ul", [f"`{r.trial}` ({count(r.retries, 'retry', 'retries')}): {r.error}"
@@ -243,14 +306,15 @@ def write_report(run_dir: str | Path, top: int = 5, ensemble: int = 3, export_en
     store.write_json(root / "evaluation.json", [{"model": e.name, "image_sizes": e.image_sizes, **analysis.card(a, e),
                                                  **({"best_minus_base": a.vs_base} if e is a.best else {})}
                                                 for e in [*a.evals.values(), *filter(None, [a.ensemble])]])
-    analysis.export_best(a)
+    exported = analysis.export_best(a)
     if export_ensemble:
         analysis.export_ensemble(a)
-    files = [f"`{n}`" for n in ("best_model.keras", "best_model.json", "ensemble.json", "ensemble/",
-                                "leaderboard.csv", "evaluation.json", "figures/") if (root / n).exists()]
-    if a.best is not None:
-        files.append(f"use the best model: `python -m lungsearch predict {root / 'best_model.keras'} IMAGE...` or "
-                     f"`python -m lungsearch evaluate {root / 'best_model.keras'} --data DIR`")
+    files = [f"`{n}`" for n in ("best_model.keras", "best_model.json", "best_model/", "ensemble.json", "ensemble/",
+                                "leaderboard.csv", confirmation.TABLE, "evaluation.json", "figures/")
+             if (root / n).exists()]
+    if exported is not None:
+        files.append(f"use the best model: `python -m lungsearch predict {exported} IMAGE...` or "
+                     f"`python -m lungsearch evaluate {exported} --data DIR`")
     title, secs = f"lungsearch report: {root.name}", sections(a, figs, files)
     (root / "report.md").write_text(to_markdown(title, secs, root))
     (root / "report.html").write_text(to_html(title, secs))

@@ -58,8 +58,12 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+STAGES = {"ray": "search", "confirm": "confirm"}  # Tune experiment folder in the run folder: the stage it holds
+
+
 def trial_dirs(run_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in (Path(run_dir) / "ray").glob("*/params.json"))
+    """The trial folders of both stages: the search's (ray/), then the confirmation's (confirm/)."""
+    return [p.parent for folder in STAGES for p in sorted((Path(run_dir) / folder).glob("*/params.json"))]
 
 
 def read_trial(trial_dir: Path) -> dict[str, Any]:
@@ -109,6 +113,11 @@ def collect(run_dir: Path, searched: list[str], conditions: dict[str, list], fai
         record = {
             "trial": name,
             "fixed_point": t["config"].get("fixed_point", ""),
+            "stage": STAGES[t["dir"].parent.name],
+            "confirms": t["config"].get("confirms", ""),  # confirm stage: the search trial whose configuration it is
+            "seed": t["config"].get("seed"),
+            "data_fraction": t["config"].get("data_fraction", 1.0),
+            "train_images": rows[0].get("train_images") if rows else None,
             "status": status,
             "epochs_run": len(rows),
             "best_epoch": best_epoch,
@@ -129,7 +138,8 @@ def collect(run_dir: Path, searched: list[str], conditions: dict[str, list], fai
         }
         trials.append(record)
         for r in rows:
-            history.append({"trial": name, "fixed_point": record["fixed_point"], **{k: r.get(k) for k in HISTORY}})
+            history.append({"trial": name, "fixed_point": record["fixed_point"], "stage": record["stage"],
+                            **{k: r.get(k) for k in HISTORY}})
     table = pd.DataFrame(trials)
     if not table.empty:
         for col in ("best_epoch", "stopped_at_rung"):
@@ -141,10 +151,12 @@ def collect(run_dir: Path, searched: list[str], conditions: dict[str, list], fai
 
 
 def prune_checkpoints(run_dir: Path, table: pd.DataFrame, keep: int) -> list[str]:
-    """Keep the saved models of the fixed points and of the `keep` best finished sampled trials; delete the rest."""
+    """Keep the saved models of the fixed points, of the `keep` best finished sampled trials and of every
+    confirmation trial (the final model is chosen among them); delete the rest."""
     sampled = table[(table["fixed_point"].fillna("") == "") & (table["status"] == "finished")]
     fixed = table[table["fixed_point"].fillna("") != ""]
-    keep_names = set(sampled["trial"].head(keep)) | set(fixed["trial"])
+    confirmed = table[table["stage"] == "confirm"] if "stage" in table.columns else table.iloc[:0]
+    keep_names = set(sampled["trial"].head(keep)) | set(fixed["trial"]) | set(confirmed["trial"])
     kept = []
     for folder in sorted((Path(run_dir) / "checkpoints").glob("*")):
         if folder.name in keep_names:

@@ -100,7 +100,8 @@ def trial_data(cfg: TrialConfig, dataset: data.Dataset | None = None) -> tuple[n
         LOADED[key] = data.load(ds.root, cfg.image_size, cfg.cache_dir or None, normalize=cfg.normalize,
                                 dataset=ds)
     ds, images = LOADED[key]
-    split = data.make_split(ds, cfg.split, seed=cfg.seed, data_limit=cfg.data_limit)
+    split = data.make_split(ds, cfg.split, seed=cfg.split_seed, data_limit=cfg.data_limit)
+    split["train"] = data.training_share(ds, split["train"], cfg.data_fraction, cfg.split_seed)
     parts = {p: data.arrays(images, ds, idx) for p, idx in split.items()}
     x_train, y_train = parts.pop("train")
     return x_train, y_train, parts
@@ -160,6 +161,7 @@ def fit(model: keras.Model, cfg: TrialConfig, x_train: np.ndarray, y_train: np.n
     weights = class_weights(y_train) if cfg.class_weight else None
     epochs = epochs or cfg.max_epochs
     state = EpochReporter(report, cfg, parts, started or time.time(), checkpoint_dir, epochs)
+    state.train_images = len(x_train)
     if cfg.mixup > 0:
         model.fit(MixUpBatches(x_train, y_train, cfg.batch_size, cfg.mixup, cfg.seed, weights),
                   epochs=epochs, initial_epoch=initial_epoch, callbacks=[state, *callbacks], verbose=0)
@@ -191,6 +193,7 @@ class EpochReporter(keras.callbacks.Callback):
         self.last: dict[str, Any] = {}
         self.epoch_started = time.time()
         self.startup_s = 0.0
+        self.train_images = 0  # the number of training images (fit sets it): a low-fidelity trial's are fewer
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 0:
@@ -224,7 +227,7 @@ class EpochReporter(keras.callbacks.Callback):
     def step(self, epoch: int, logs: dict[str, float], scores: dict[str, dict[str, float]]) -> None:
         """Bookkeeping of one epoch given the training logs and the scores of the parts."""
         row: dict[str, Any] = {"epoch": epoch + 1, **logs, "epoch_s": time.time() - self.epoch_started,
-                               "startup_s": self.startup_s, "lr": self.current_lr()}
+                               "startup_s": self.startup_s, "lr": self.current_lr(), "train_images": self.train_images}
         for part, metrics in scores.items():
             row.update({f"{part}_{k}": metrics[k] for k in SCORES})
         watched = scores[self.watch]["auc"]

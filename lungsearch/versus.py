@@ -201,11 +201,11 @@ def prepare(space_path, data_arg, results_dir, smoke: bool, budget: Budget, over
     ds, _ = data.load(data_dir, settings.image_size, cache_dir, dataset=scanned)
     settings = settings.replace(split=data.resolve_split(ds, settings.split))
     spaces.check_defaults(space, {"split": settings.split})
-    split = data.make_split(ds, settings.split, settings.seed, settings.data_limit)
+    split = data.make_split(ds, settings.split, settings.split_seed, settings.data_limit)
     print_split(data.split_summary(ds, split, settings.split))
     base = {"data_dir": str(data_dir), "cache_dir": str(cache_dir), "split": settings.split,
             "image_size": settings.image_size, "max_epochs": settings.max_epochs, "patience": settings.patience,
-            "seed": settings.seed, "data_limit": settings.data_limit}
+            "seed": settings.seed, "split_seed": settings.split_seed, "data_limit": settings.data_limit}
     held = sorted(set(SMOKE) & set(space.params)) if smoke else []
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = Path(results_dir).expanduser().resolve() / f"{stamp}-versus-{space.name}{'-smoke' if smoke else ''}"
@@ -708,7 +708,7 @@ def write_markdown(race: Race, table: pd.DataFrame, outcomes: list[Outcome], ref
         lines.append(f"| {r.model} | {r.epochs} ({r.kept_epoch}) | {minutes(r.wall_s)} | {r.objective:.4f} | "
                      f"{with_ci(row, 'test_auc')} | {with_ci(row, 'test_f1_at_threshold')} | "
                      f"{with_ci(row, 'test_accuracy_at_threshold')} |")
-    sizes = race.loaded and data.split_summary(race.loaded, data.make_split(race.loaded, s.split, s.seed,
+    sizes = race.loaded and data.split_summary(race.loaded, data.make_split(race.loaded, s.split, s.split_seed,
                                                                              s.data_limit), s.split)["parts"]
     budget_words = (f"{b.epochs} epochs per system, summed over its trials, in the order they ended; an "
                     f"in-process system stops at exactly that many, lungsearch's Ray driver counts the epochs its "

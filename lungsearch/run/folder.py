@@ -22,8 +22,9 @@ def write_run_folder(run_dir: Path, space: spaces.Space, settings: SearchSetting
     """The space file and the manifest: everything `resume` and `report` need to know about the run."""
     (run_dir / "space.py").write_text(space.source)  # resume reads the space from here
     run_constants = {"data_dir": str(data_dir), "cache_dir": str(cache_dir), "split": settings.split,
-                     "image_size": settings.image_size, "max_epochs": settings.max_epochs,
-                     "patience": settings.patience, "seed": settings.seed, "data_limit": settings.data_limit}
+                     "image_size": settings.image_size, "max_epochs": settings.stage_epochs,
+                     "patience": settings.patience, "seed": settings.seed, "split_seed": settings.split_seed,
+                     "data_limit": settings.data_limit, "data_fraction": settings.search_fraction}
     manifest = {
         "space_file": str(space.path), "space_source": space.source, "space_doc": space.doc,
         "settings": dataclasses.asdict(settings), "smoke": smoke, "run_constants": run_constants,

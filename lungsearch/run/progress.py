@@ -83,7 +83,8 @@ def duration(seconds: float) -> str:
 
 
 def trial_name(trial) -> str:
-    return f"{trial.config.get('fixed_point') or 'trial'}_{trial.trial_id}"
+    """base_1a2b3_00000, trial_1a2b3_00004; confirm_base_..., confirm_trial_... in the confirmation stage."""
+    return f"{'confirm_' if trial.config.get('confirms') else ''}{trial.config.get('fixed_point') or 'trial'}_{trial.trial_id}"
 
 
 class Progress(tune.Callback):

@@ -11,8 +11,10 @@ from typing import Any
 import ray
 from ray import tune
 
-from .. import data, space as spaces, store
-from ..config import OBJECTIVE, OBJECTIVE_MODE, SearchSettings, UserError
+from ray.tune.search import BasicVariantGenerator
+
+from .. import confirmation, data, space as spaces, store
+from ..config import OBJECTIVE, OBJECTIVE_MODE, SearchSettings, UserError, count
 from . import budget
 from .budget import Budget
 from .cluster import cluster_address, cluster_totals, connect, resources
@@ -50,7 +52,7 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
     requested_split = settings.split
     settings = settings.replace(split=data.resolve_split(ds, settings.split))
     spaces.check_defaults(space, {"split": settings.split})  # e.g. early_stop_on holdout needs the target split
-    split = data.make_split(ds, settings.split, settings.seed, settings.data_limit)
+    split = data.make_split(ds, settings.split, settings.split_seed, settings.data_limit)
     summary = data.split_summary(ds, split, settings.split)
     print_split(summary)
 
@@ -82,6 +84,16 @@ def resume_search(run_dir: str | Path, address: str | None = None) -> Path:
     return execute(run_dir, address, restore=True)
 
 
+def fidelity_text(settings: SearchSettings) -> str:
+    """The search stage's fidelity and the confirmation stage in words, for the line that starts the search."""
+    text = f" on {100 * settings.search_fraction:g}% of the training patients" if settings.search_fraction < 1 else ""
+    text += f", {settings.brackets} ASHA brackets" if settings.brackets > 1 else ""
+    if settings.confirm_top:
+        text += (f"; then the {settings.confirm_top} best and base retrained on all of it with "
+                 f"{count(settings.confirm_seeds, 'seed')}, up to {settings.max_epochs} epochs")
+    return text
+
+
 def budget_text(settings: SearchSettings) -> str:
     """The search's budget in words, for the line that starts it."""
     if settings.budget_epochs:
@@ -93,7 +105,8 @@ def budget_text(settings: SearchSettings) -> str:
 
 def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: str | None = None,
             dataset: data.Dataset | None = None) -> Path:
-    """Start (or restore) the Tune experiment in run_dir/ray as the manifest describes, then write the tables.
+    """Start (or restore) the Tune experiment in run_dir/ray as the manifest describes, then (confirm_top > 0) the
+    confirmation stage in run_dir/confirm, then write the tables.
 
     Returns the run folder when the search finished. Raises SearchIncomplete when it was interrupted (Ctrl-C:
     the manifest's status is "interrupted", no trials.csv, resume finishes it) or when every trial failed
@@ -106,7 +119,7 @@ def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: s
     if dataset is None:
         dataset = data.scan(manifest["run_constants"]["data_dir"])
     started = time.time()
-    interrupted, results, total = False, None, None
+    interrupted, results, total, confirmed = False, None, None, None
     try:
         RAY_LOG_HANDLER.open(run_dir)  # Ray's notices, from ray.init on, go to run_dir/ray.log
         if not ray.is_initialized():  # run_search connected already, to check the cluster before the run folder
@@ -117,52 +130,98 @@ def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: s
         manifest.update({"resources": {"cpu_per_trial": res["cpu"], "gpu_per_trial": res["gpu"]},
                          "cluster": cluster_totals(), "mlflow": mlflow})
         store.write_json(run_dir / "manifest.json", {**manifest, "status": "running"})
-        param_space, points = build_trials(space, settings, manifest["run_constants"], manifest["held_for_smoke"])
-        total = settings.num_samples + len(points)
-        print(f"search: {settings.num_samples} sampled trial(s) + {len(points)} fixed point(s), "
-              f"{res['cpu']:g} CPU and {res['gpu']:g} GPU per trial, up to {settings.max_epochs} epochs"
-              + budget_text(settings) + (" (resumed)" if restore else ""), flush=True)
         fn = tune.with_resources(
             tune.with_parameters(trainable, conditions=space.conditions, run_dir=str(run_dir), dataset=dataset,
                                  cpus=res["cpu"], gpus=res["gpu"]), res)
-        if restore:
-            tuner = tune.Tuner.restore(str(run_dir / "ray"), trainable=fn, resume_unfinished=True,
-                                       restart_errored=True)  # a trial lost with the driver or a node gets another go
-            store.write_json(run_dir / "manifest.json", {**manifest, "status": "running"})
-        else:
-            tuner = tune.Tuner(
-                fn,
-                param_space=param_space,
-                tune_config=tune.TuneConfig(
-                    metric=OBJECTIVE, mode=OBJECTIVE_MODE, num_samples=total,
-                    search_alg=searcher(settings, points),
-                    scheduler=FixedPointASHA(time_attr="training_iteration", max_t=settings.max_epochs,
-                                             grace_period=min(settings.grace_period, settings.max_epochs),
-                                             reduction_factor=settings.reduction_factor),
-                    max_concurrent_trials=settings.max_concurrent or None,
-                    reuse_actors=settings.reuse_workers,
-                    trial_name_creator=trial_name, trial_dirname_creator=trial_name,
-                ),
-                run_config=tune.RunConfig(
-                    name="ray", storage_path=str(run_dir), verbose=0,
-                    callbacks=[Progress(total, settings.max_epochs, settings.budget_epochs,
-                                        settings.budget_minutes * 60),
-                               *([mlflow_callback(mlflow, run_dir)] if mlflow else [])],
-                    failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                    stop=(Budget(run_dir, settings.budget_epochs, settings.budget_minutes)
-                          if settings.budget_epochs or settings.budget_minutes else None),
-                ),
-            )
+        param_space, points = build_trials(space, settings, manifest["run_constants"], manifest["held_for_smoke"])
+        total = settings.num_samples + len(points)
+        print(f"search: {settings.num_samples} sampled trial(s) + {len(points)} fixed point(s), "
+              f"{res['cpu']:g} CPU and {res['gpu']:g} GPU per trial, up to {settings.stage_epochs} epochs"
+              + fidelity_text(settings) + budget_text(settings) + (" (resumed)" if restore else ""), flush=True)
+        tuner = search_tuner(fn, run_dir, settings, param_space, points, total, mlflow, restore)
         with InterruptWatch() as watch:
             results = tuner.fit()
         interrupted = watch.interrupted
+        if settings.confirm_top and not interrupted and search_status(
+                results, total, False, budget.spent(run_dir, settings, time.time() - started)) == "finished":
+            confirmed, interrupted = confirm(fn, run_dir, space, settings, mlflow, results)
     except KeyboardInterrupt:  # Ctrl-C before the search started, or a second one while Tune was stopping
         interrupted = True
     finally:
         Progress.close_all()  # a live status line a second Ctrl-C left on the terminal
         ray.shutdown()
         RAY_LOG_HANDLER.close()
-    wall = time.time() - started + (manifest.get("search_wall_s", 0) if restore else 0)
+    return finish(run_dir, manifest, space, settings, results, confirmed, total, interrupted, restore,
+                  time.time() - started)
+
+
+def search_tuner(fn, run_dir: Path, settings: SearchSettings, param_space: dict, points: list[dict], total: int,
+                 mlflow: str | None, restore: bool) -> tune.Tuner:
+    """The search stage's Tuner: ASHA over `brackets` brackets, the searcher, the budget; restored on resume."""
+    if restore:
+        return tune.Tuner.restore(str(run_dir / "ray"), trainable=fn, resume_unfinished=True,
+                                  restart_errored=True)  # a trial lost with the driver or a node gets another go
+    return tune.Tuner(
+        fn,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=OBJECTIVE, mode=OBJECTIVE_MODE, num_samples=total,
+            search_alg=searcher(settings, points),
+            scheduler=FixedPointASHA(time_attr="training_iteration", max_t=settings.stage_epochs,
+                                     grace_period=min(settings.grace_period, settings.stage_epochs),
+                                     reduction_factor=settings.reduction_factor, brackets=settings.brackets),
+            max_concurrent_trials=settings.max_concurrent or None,
+            reuse_actors=settings.reuse_workers,
+            trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name="ray", storage_path=str(run_dir), verbose=0,
+            callbacks=[Progress(total, settings.stage_epochs, settings.budget_epochs, settings.budget_minutes * 60),
+                       *([mlflow_callback(mlflow, run_dir)] if mlflow else [])],
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            stop=(Budget(run_dir, settings.budget_epochs, settings.budget_minutes)
+                  if settings.budget_epochs or settings.budget_minutes else None),
+        ),
+    )
+
+
+def confirm(fn, run_dir: Path, space: spaces.Space, settings: SearchSettings, mlflow: str | None, searched):
+    """The confirmation stage (run_dir/confirm): the best configurations of the search and the fixed points, at
+    full fidelity with several training seeds, as Ray trials side by side. Returns (Tune's results, whether it
+    was interrupted); a resumed run goes on with the stage where it stopped."""
+    failed = {Path(r.path).name for r in searched if r.error}
+    table = store.collect(run_dir, sorted(space.params), space.conditions, failed)
+    folder = run_dir / confirmation.STAGE
+    if tune.Tuner.can_restore(str(folder)):
+        tuner = tune.Tuner.restore(str(folder), trainable=fn, resume_unfinished=True, restart_errored=True)
+        planned = len(store.read_json(run_dir / confirmation.PLAN))
+    else:
+        configs = confirmation.configs(run_dir, table, settings)
+        store.write_json(run_dir / confirmation.PLAN, configs)
+        planned = len(configs)
+        print(f"confirmation: {confirmation.plan_text(configs, settings)}", flush=True)
+        tuner = tune.Tuner(
+            fn, param_space={k: configs[0][k] for k in configs[0]},
+            tune_config=tune.TuneConfig(
+                metric=OBJECTIVE, mode=OBJECTIVE_MODE, num_samples=planned,
+                search_alg=BasicVariantGenerator(points_to_evaluate=configs),
+                max_concurrent_trials=settings.max_concurrent or None, reuse_actors=settings.reuse_workers,
+                trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+            run_config=tune.RunConfig(
+                name=confirmation.STAGE, storage_path=str(run_dir), verbose=0,
+                callbacks=[Progress(planned, settings.max_epochs),
+                           *([mlflow_callback(mlflow, run_dir)] if mlflow else [])],
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
+    with InterruptWatch() as watch:
+        results = tuner.fit()
+    return results, watch.interrupted or search_status(results, planned, False) == "interrupted"
+
+
+def finish(run_dir: Path, manifest: dict, space: spaces.Space, settings: SearchSettings, results, confirmed,
+           total: int | None, interrupted: bool, restore: bool, wall: float) -> Path:
+    """The run folder after the search: the manifest's status, trials.csv and history.csv (both stages),
+    confirmed.csv, the checkpoints kept; SearchIncomplete when it was interrupted or every trial failed."""
+    wall += manifest.get("search_wall_s", 0) if restore else 0
     manifest.update({"search_wall_s": round(wall, 1), "resumed": manifest.get("resumed", 0) + int(restore)})
     status = search_status(results, total, interrupted, budget.spent(run_dir, settings, wall))
     if status == "interrupted":
@@ -174,8 +233,10 @@ def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: s
         if not restore:  # nothing of the search was saved: the folder could not be resumed, so do not leave it
             shutil.rmtree(run_dir, ignore_errors=True)
         raise SearchIncomplete("interrupted before the search saved any state: nothing to resume; run it again", 130)
-    failed = {Path(r.path).name for r in results if r.error}  # out of retries; a retried success is not here
+    failed = {Path(r.path).name for grid in (results, confirmed) if grid is not None for r in grid if r.error}
     table = store.collect(run_dir, sorted(space.params), space.conditions, failed)
+    if confirmed is not None:
+        confirmation.summary(table).to_csv(run_dir / confirmation.TABLE, index=False)
     kept = store.prune_checkpoints(run_dir, table, settings.keep_checkpoints)
     manifest.update({"status": status, "finished": datetime.now().isoformat(timespec="seconds"),
                      "checkpoints_kept": kept, **store.time_summary(table)})

@@ -34,22 +34,29 @@ def build_trials(space: spaces.Space, settings: SearchSettings, run_constants: d
 
 
 def searcher(settings: SearchSettings, points: list[dict]):
-    """Seeded random search, or Optuna's TPE (`searcher: tpe`), with the fixed points run first."""
+    """Seeded random search, or Optuna's TPE (`searcher: tpe`), with the fixed points run first. TPE learns from
+    every trial's objective at the first rung (grace_period epochs), a budget every trial reaches, so the objectives
+    it compares come from one fidelity (as BOHB fits its model per budget)."""
     if settings.searcher == "tpe":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        return FixedPointsFirst(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=settings.seed)), points)
+        sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=10)
+        return FixedPointsFirst(OptunaSearch(sampler=sampler), points,
+                                tell_at=min(settings.grace_period, settings.stage_epochs))
     return BasicVariantGenerator(points_to_evaluate=points or None, random_state=settings.seed)
 
 
 class FixedPointsFirst(Searcher):
     """Suggest the fixed points first, then what a model-based searcher suggests. The searcher never sees
-    the fixed points: it did not propose them, and they need keys outside its space."""
+    the fixed points: it did not propose them, and they need keys outside its space.
 
-    def __init__(self, inner: Searcher, points: list[dict]):
+    `tell_at` (epochs, 0: at the end): the searcher is told a trial's objective once the trial has trained that
+    many epochs, and learns nothing from it after; a trial that ends sooner is told its last result."""
+
+    def __init__(self, inner: Searcher, points: list[dict], tell_at: int = 0):
         super().__init__()
-        self.inner, self.points, self.fixed_ids = inner, list(points), set()
+        self.inner, self.points, self.fixed_ids, self.tell_at, self.told = inner, list(points), set(), tell_at, set()
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         super().set_search_properties(metric, mode, config, **spec)
@@ -62,11 +69,17 @@ class FixedPointsFirst(Searcher):
         return self.inner.suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self.fixed_ids:
+        if trial_id in self.fixed_ids or trial_id in self.told:
+            return
+        if self.tell_at and result.get("training_iteration", 0) >= self.tell_at:
+            self.told.add(trial_id)
+            self.inner.on_trial_complete(trial_id, result)
+        else:
             self.inner.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        if trial_id not in self.fixed_ids:
+        if trial_id not in self.fixed_ids and trial_id not in self.told:
+            self.told.add(trial_id)
             self.inner.on_trial_complete(trial_id, result, error)
 
     def save(self, checkpoint_path: str) -> None:
@@ -75,7 +88,8 @@ class FixedPointsFirst(Searcher):
         with tempfile.TemporaryDirectory(prefix="lungsearch-searcher-") as tmp:
             self.inner.save(os.path.join(tmp, "inner"))
             inner = Path(tmp, "inner").read_bytes()
-        state = {"points": self.points, "fixed_ids": self.fixed_ids, "inner": inner}
+        state = {"points": self.points, "fixed_ids": self.fixed_ids, "inner": inner, "told": self.told,
+                 "tell_at": self.tell_at}
         Path(checkpoint_path).write_bytes(pickle.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
@@ -88,6 +102,7 @@ class FixedPointsFirst(Searcher):
             Path(tmp, "inner").write_bytes(state["inner"])
             self.inner.restore(os.path.join(tmp, "inner"))
         self.points, self.fixed_ids = list(state["points"]), set(state["fixed_ids"])
+        self.told, self.tell_at = set(state.get("told", ())), state.get("tell_at", 0)
 
 
 class FixedPointASHA(AsyncHyperBandScheduler):
