@@ -90,7 +90,8 @@ def summary(trials: pd.DataFrame) -> pd.DataFrame:
                      "objective_min": scores.min(), "objective_max": scores.max(),
                      "search_objective": search["objective"].get(source, np.nan),
                      "search_rank": search_rank.get(source, np.nan), "trials": " ".join(group["trial"])})
-    table = pd.DataFrame(rows).sort_values("objective_mean", ascending=False, na_position="last", kind="mergesort")
+    table = pd.DataFrame(rows).sort_values(["objective_mean", "objective_min"], ascending=False, na_position="last",
+                                           kind="mergesort")  # a tie goes to the steadier configuration
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.reset_index(drop=True)
 

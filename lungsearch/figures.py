@@ -117,7 +117,7 @@ def fig_params(a: Analysis, folder: Path) -> Path | None:
         if pd.api.types.is_bool_dtype(x) or not pd.api.types.is_numeric_dtype(x) or x.nunique() <= 2:
             cats = sorted(x.astype(str).unique())
             ax.set_xticks(range(len(cats)), cats)
-            x = x.astype(str).map(cats.index) + rng.uniform(-0.12, 0.12, len(x))
+            x = np.array([cats.index(v) for v in x.astype(str)], dtype=float) + rng.uniform(-0.12, 0.12, len(x))
         elif (x > 0).all() and x.max() / x.min() > 20:
             ax.set_xscale("log")
         ax.scatter(x, rows[score_col], c=[STATUS_COLOURS.get(s, "grey") for s in rows["status"]], s=22)

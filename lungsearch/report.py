@@ -106,7 +106,8 @@ def asha_blocks(m: dict, b: pd.DataFrame, rungs: list[list[str]], fig: Path, col
 def rho_text(f: dict[str, Any] | None) -> str:
     """A rank correlation for the report: rho over n, or why there is none."""
     if not f or f.get("n", 0) < 3 or f["rho"] != f["rho"]:
-        return f"not measurable ({count((f or {}).get('n', 0), 'configuration')} with both)"
+        return (f"not measurable ({count((f or {}).get('n', 0), 'configuration')} with both: fewer than 3, or one "
+                f"side all equal)")
     return f"Spearman rho {f['rho']:+.2f} over {count(f['n'], 'configuration')}"
 
 
@@ -123,8 +124,8 @@ def confirmation_blocks(a: Analysis) -> list:
     fid, final = a.fidelity or {}, a.final or {}
     return [
         ("p", f"The search stage trained every trial on {100 * s.get('search_fraction', 1):g}% of the training "
-              f"patients for up to {a.run.manifest['run_constants']['max_epochs']} epochs. The "
-              f"{s.get('confirm_top')} best sampled configurations and base were then retrained on all of them for "
+              f"patients for up to {a.run.manifest['run_constants']['max_epochs']} epochs. The best "
+              f"{count(s.get('confirm_top'), 'sampled configuration')} and base were then retrained on all of them for "
               f"up to {s['max_epochs']} epochs with {count(s.get('confirm_seeds', 1), 'training seed')} each (one "
               f"split for all: the split seed is {s.get('split_seed', 0)}); bn_aug and bn_aug_dropout once. "
               f"Configurations are ranked by their mean objective over the seeds (± the standard deviation)."),
