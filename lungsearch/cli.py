@@ -161,6 +161,17 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="a .keras file, best_model.json or ensemble.json")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (.jpeg, .jpg, .png)")
 
+    explain = sub.add_parser("explain", help="where a model looks: a saliency overlay (Grad-CAM) per image",
+                             description="Write a heat-map overlay per image (Grad-CAM under TensorFlow and JAX, "
+                                         "occlusion sensitivity otherwise) and print path, probability, label, the "
+                                         "saliency share in the image's outer border, and the overlay's path.")
+    explain.add_argument("model", help="a .keras file, best_model.json or ensemble.json")
+    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files (.jpeg, .jpg, .png)")
+    explain.add_argument("--out", default="explain", metavar="DIR", help="folder for the overlays (default: explain)")
+    explain.add_argument("--method", choices=["auto", "gradcam", "occlusion"], default="auto",
+                         help="auto (default): Grad-CAM where the Keras backend gives gradients (TensorFlow, JAX), "
+                              "else occlusion")
+
     bench = sub.add_parser("bench", help="time epochs with and without augmentation, trial start-up, trials/hour")
     bench.add_argument("--data", metavar="DIR", help="dataset folder (default: $LUNGSEARCH_DATA)")
     bench.add_argument("--smoke", action="store_true", help="48 px and 480 images (as run --smoke) instead of 150 px "
@@ -219,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "predict":
                 return predict.predict(args.model, args.images)
             return predict.evaluate(args.model, args.data)
+        if args.command == "explain":
+            from .explain import explain
+
+            return explain(args.model, args.images, args.out, args.method)
         if args.command == "bench":
             from .bench import run_bench
 
