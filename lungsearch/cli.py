@@ -17,8 +17,10 @@ first steps:
   lungsearch data prepare chest-xray-pneumonia.zip ~/data/chest_xray   # unpack the Kaggle download
   lungsearch data check ~/data/chest_xray                              # counts, duplicates, leakage
   lungsearch spaces                                                    # the bundled search spaces
-  lungsearch run report --data ~/data/chest_xray --smoke               # minutes on a laptop
-  lungsearch run ablation --data ~/data/chest_xray                     # a real search
+  lungsearch run robust --data ~/data/chest_xray --smoke               # first try: minutes on a laptop
+  lungsearch run robust --data ~/data/chest_xray                       # the recommended search (hours on a
+                                                                       # laptop CPU, minutes on one GPU)
+  lungsearch explain RUN_DIR/best_model.json IMAGE...                  # where the best model looks
 
 `lungsearch COMMAND --help` describes a command. The last line `run` prints is the run folder."""
 
@@ -202,6 +204,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+KERAS_COMMANDS = ("run", "resume", "versus", "report", "evaluate", "predict", "explain", "bench")
+
+
+def import_keras_quietly() -> None:
+    """Import Keras (and its backend) with the process's stderr closed. TensorFlow writes its start-up lines
+    (absl's "All log messages before absl::InitializeLog()" and oneDNN's notice, once per library it loads, so
+    twice) from C++ to file descriptor 2 before TF_CPP_MIN_LOG_LEVEL applies; a failed import still raises."""
+    import os
+
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; the exit status. A bare `lungsearch` (or `lungsearch data`) prints its help and
     exits 0."""
@@ -209,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None or (args.command == "data" and args.data_command is None):
         args.help_parser.print_help()
         return 0
+    if args.command in KERAS_COMMANDS:
+        import_keras_quietly()
     try:
         if args.command in ("run", "resume"):
             return search(args)
