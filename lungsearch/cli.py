@@ -17,8 +17,10 @@ first steps:
   lungsearch data prepare chest-xray-pneumonia.zip ~/data/chest_xray   # unpack the Kaggle download
   lungsearch data check ~/data/chest_xray                              # counts, duplicates, leakage
   lungsearch spaces                                                    # the bundled search spaces
-  lungsearch run report --data ~/data/chest_xray --smoke               # minutes on a laptop
-  lungsearch run ablation --data ~/data/chest_xray                     # a real search
+  lungsearch run robust --data ~/data/chest_xray --smoke               # first try: minutes on a laptop
+  lungsearch run robust --data ~/data/chest_xray                       # the recommended search (hours on a
+                                                                       # laptop CPU, minutes on one GPU)
+  lungsearch explain RUN_DIR/best_model.json IMAGE...                  # where the best model looks
 
 `lungsearch COMMAND --help` describes a command. The last line `run` prints is the run folder."""
 
@@ -178,6 +180,17 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="a .keras file, best_model.json or ensemble.json")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (.jpeg, .jpg, .png)")
 
+    explain = sub.add_parser("explain", help="where a model looks: a saliency overlay (Grad-CAM) per image",
+                             description="Write a heat-map overlay per image (Grad-CAM under TensorFlow and JAX, "
+                                         "occlusion sensitivity otherwise) and print path, probability, label, the "
+                                         "saliency share in the image's outer border, and the overlay's path.")
+    explain.add_argument("model", help="a .keras file, best_model.json or ensemble.json")
+    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files (.jpeg, .jpg, .png)")
+    explain.add_argument("--out", default="explain", metavar="DIR", help="folder for the overlays (default: explain)")
+    explain.add_argument("--method", choices=["auto", "gradcam", "occlusion"], default="auto",
+                         help="auto (default): Grad-CAM where the Keras backend gives gradients (TensorFlow, JAX), "
+                              "else occlusion")
+
     bench = sub.add_parser("bench", help="time epochs with and without augmentation, trial start-up, trials/hour")
     bench.add_argument("--data", metavar="DIR", help="dataset folder (default: $LUNGSEARCH_DATA)")
     bench.add_argument("--smoke", action="store_true", help="48 px and 480 images (as run --smoke) instead of 150 px "
@@ -208,6 +221,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+KERAS_COMMANDS = ("run", "resume", "versus", "report", "evaluate", "predict", "explain", "bench")
+
+
+def import_keras_quietly() -> None:
+    """Import Keras (and its backend) with the process's stderr closed. TensorFlow writes its start-up lines
+    (absl's "All log messages before absl::InitializeLog()" and oneDNN's notice, once per library it loads, so
+    twice) from C++ to file descriptor 2 before TF_CPP_MIN_LOG_LEVEL applies; a failed import still raises."""
+    import os
+
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; the exit status. A bare `lungsearch` (or `lungsearch data`) prints its help and
     exits 0."""
@@ -215,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None or (args.command == "data" and args.data_command is None):
         args.help_parser.print_help()
         return 0
+    if args.command in KERAS_COMMANDS:
+        import_keras_quietly()
     try:
         if args.command in ("run", "resume"):
             return search(args)
@@ -236,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "predict":
                 return predict.predict(args.model, args.images)
             return predict.evaluate(args.model, args.data)
+        if args.command == "explain":
+            from .explain import explain
+
+            return explain(args.model, args.images, args.out, args.method)
         if args.command == "bench":
             from .bench import run_bench
 

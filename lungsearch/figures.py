@@ -173,3 +173,109 @@ def fig_versus(curves: dict[str, pd.DataFrame], target: float, budget_epochs: in
     axes[1].xaxis.get_major_locator().set_params(integer=True)
     axes[1].legend(fontsize=8, loc="lower right")
     return save(fig, folder / "versus.png")
+
+
+def reviewed(a: Analysis) -> list:
+    """The models the reviewer's figures show: the best, base and the ensemble, each once."""
+    found = [e for e in (a.best, *(e for e in a.evals.values() if e.fixed_point == "base"), a.ensemble) if e]
+    return [e for k, e in enumerate(found) if all(e is not f for f in found[:k])]
+
+
+def fig_calibration(a: Analysis, rv, folder: Path) -> Path:
+    """Reliability diagrams on the test part, before and after the calibration fitted on validation: the best
+    model, base and the ensemble."""
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    chosen = list(dict.fromkeys(e.name for e in reviewed(a)))
+    for k, name in enumerate(chosen):
+        c = rv.calibrated[name]
+        for ax, when, part in ((axes[0], "before", c.before), (axes[1], "after", c.after)):
+            bins = part["bins"]
+            pts = [(x, y, n) for x, y, n in zip(bins["mean_predicted"], bins["observed"], bins["count"]) if n]
+            ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], "o-", color=f"C{k}",
+                    label=f"{name} (ECE {fmt(part['ece'], 3)}, Brier {fmt(part['brier'], 3)})")
+    for ax, title in zip(axes, ("as the model outputs", "after Platt scaling fitted on validation")):
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.set(xlabel="mean predicted probability of PNEUMONIA (10 bins)", title=f"test part, {title}",
+               xlim=(0, 1), ylim=(0, 1), aspect="equal")
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("observed share of PNEUMONIA")
+    return save(fig, folder / "calibration.png")
+
+
+def fig_roc_pr(a: Analysis, rv, folder: Path) -> Path:
+    """ROC and precision-recall curves on the test part (best model, base, ensemble), each with the operating
+    points chosen on validation marked."""
+    from .metrics import average_precision, pr_points
+
+    fig = Figure(figsize=(11, 4.8), layout="constrained")
+    roc, pr = fig.subplots(1, 2)
+    chosen = reviewed(a)
+    for k, e in enumerate(chosen):
+        y, p = e.y["test"], e.p["test"]
+        roc.plot(*roc_points(y, p), color=f"C{k}", label=f"{e.name} (AUC {fmt(e.test['auc'], 3)})")
+        pr.step(*pr_points(y, p), where="post", color=f"C{k}", label=f"{e.name} (AP {fmt(average_precision(y, p), 3)})")
+        for op in rv.operating.get(e.name, {}).values():
+            roc.plot(1 - op["test_specificity"], op["test_recall"], "s", color=f"C{k}", ms=5)
+    roc.plot([0, 1], [0, 1], ":", color="grey")
+    prevalence = float(np.mean(chosen[0].y["test"])) if chosen else 0.5
+    pr.axhline(prevalence, ls=":", color="grey", label=f"prevalence {prevalence:.2f}")
+    roc.set(xlabel="1 - specificity", ylabel="sensitivity (recall)", aspect="equal",
+            title="ROC on test (squares: operating points chosen on validation)")
+    pr.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="precision-recall on test", ylim=(0, 1.02))
+    for ax in (roc, pr):
+        ax.legend(fontsize=7, loc="lower right" if ax is roc else "lower left")
+    return save(fig, folder / "roc_pr.png")
+
+
+def fig_gallery(rv, folder: Path) -> Path | None:
+    """The gallery's test images, each beside its saliency overlay, titled with its kind and probability."""
+    if not rv.gallery:
+        return None
+    from .explain import overlay
+
+    cols = 4
+    rows = math.ceil(len(rv.gallery) / (cols // 2))
+    fig = Figure(figsize=(11, 2.9 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, subplot_kw={"frame_on": False, "xticks": [], "yticks": []}, squeeze=False)
+    for k, case in enumerate(rv.gallery):
+        left, right = axes.flat[2 * k], axes.flat[2 * k + 1]
+        left.imshow(case.image, cmap="gray", vmin=0, vmax=1)
+        name = data.shown(Path(case.file).name)
+        left.set_title(f"{case.kind}, p {case.probability:.3f}\n{name[:34]}", fontsize=7)
+        right.imshow(overlay(case.image, case.heat)[..., ::-1])
+        right.set_title(f"{rv.saliency_method}", fontsize=7)
+    return save(fig, folder / "gallery.png")
+
+
+def fig_flow(rv, folder: Path) -> Path:
+    """The flow of images and patients: dataset folders on the left, the run's parts on the right, exclusions
+    below, arrows labelled with image counts."""
+    f = rv.flow
+    fig = Figure(figsize=(11, 1.6 + 1.3 * max(len(f["folders"]), len(f["parts"]))), layout="constrained")
+    ax = fig.subplots(subplot_kw={"frame_on": False, "xticks": [], "yticks": []})
+    n = max(len(f["folders"]), len(f["parts"]))
+    ax.set(xlim=(0, 10), ylim=(-1.6, n))
+
+    def box(x: float, y: float, title: str, v: dict) -> None:
+        ax.text(x, y, f"{title}\n{v['images']} images, {v['patients']} patients\n{v['NORMAL']} NORMAL / "
+                      f"{v['PNEUMONIA']} PNEUMONIA", ha="center", va="center", fontsize=8,
+                bbox={"boxstyle": "round", "fc": "#eef2f7", "ec": "#4a6a8a"})
+
+    left = {k: n - 1 - i for i, k in enumerate(f["folders"])}
+    right = {k: n - 1 - i for i, k in enumerate(f["parts"])}
+    for k, y in left.items():
+        box(1.8, y, f"folder {k}/", f["folders"][k])
+    for k, y in right.items():
+        box(8.2, y, f"part: {k}", f["parts"][k])
+    for src, edges in f["edges"].items():
+        for dst, v in edges.items():
+            if v["images"]:
+                ax.annotate("", (6.9, right[dst]), (3.1, left[src]), arrowprops={"arrowstyle": "->", "color": "grey"})
+                ax.text(5, (left[src] + right[dst]) / 2, str(v["images"]), fontsize=7, ha="center",
+                        bbox={"fc": "white", "ec": "none", "pad": 0.5})
+    unused = sum(v["images"] for v in f["unused"].values())
+    ax.text(5, -1.1, f"excluded: {f['unreadable']} unreadable images, {f['ignored']} other files, {unused} readable "
+                     f"images in no part" + (f" (data limit {f['data_limit']}: a smoke subset)" if f["data_limit"] else ""),
+            ha="center", va="center", fontsize=8, bbox={"boxstyle": "round", "fc": "#fbeaea", "ec": "#a05050"})
+    return save(fig, folder / "flow.png")

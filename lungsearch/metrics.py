@@ -168,3 +168,106 @@ def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tp, fp = np.cumsum(y[order]), np.cumsum(~y[order])
     last = np.r_[np.diff(np.asarray(p).ravel()[order]) != 0, True]
     return (np.r_[0, fp[last] / max(fp[-1], 1)], np.r_[0, tp[last] / max(tp[-1], 1)])
+
+
+# Clinical operating points: (key, the rate held on validation, its floor, the rate reported on test).
+OPERATING_POINTS = (("sensitivity_at_specificity_0.90", "specificity", 0.90, "recall"),
+                    ("sensitivity_at_specificity_0.95", "specificity", 0.95, "recall"),
+                    ("specificity_at_sensitivity_0.95", "recall", 0.95, "specificity"))
+
+
+def threshold_for(y: np.ndarray, p: np.ndarray, rate: str, floor: float) -> float:
+    """The threshold at which `rate` (specificity or recall) on (y, p) is at least `floor` and the other rate
+    is highest: the lowest such cut for specificity, the highest for recall. Use on validation data only.
+    Cuts lie midway between distinct scores, as val_threshold's, under binary_metrics' rule `p > threshold`."""
+    y = np.asarray(y).ravel().astype(bool)
+    p = np.clip(np.asarray(p).ravel().astype(np.float64), 1e-7, 1 - 1e-7)
+    values = np.unique(p)
+    cuts = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2, [(values[-1] + 1) / 2]])
+    neg, pos = np.sort(p[~y]), np.sort(p[y])
+    spec = np.searchsorted(neg, cuts, side="right") / max(len(neg), 1)
+    sens = 1 - np.searchsorted(pos, cuts, side="right") / max(len(pos), 1)
+    if rate == "specificity":
+        ok = np.flatnonzero(spec >= floor - 1e-12)
+        return float(cuts[ok[0]])  # the highest cut always reaches specificity 1
+    if rate == "recall":
+        ok = np.flatnonzero(sens >= floor - 1e-12)
+        return float(cuts[ok[-1]])  # the lowest cut always reaches recall 1
+    raise ValueError(f"rate must be specificity or recall, got {rate!r}")
+
+
+def operating_points(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray,
+                     groups: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, dict[str, Any]]:
+    """OPERATING_POINTS: each threshold chosen on validation (never test), the held rate there, and on test
+    both rates at that threshold with (patient) bootstrap intervals."""
+    w = resample_weights(np.arange(len(np.ravel(y_test))) if groups is None else groups, n_boot, seed)
+    out = {}
+    for key, held, floor, reported in OPERATING_POINTS:
+        thr = threshold_for(y_val, p_val, held, floor)
+        val, test = binary_metrics(y_val, p_val, thr), binary_metrics(y_test, p_test, thr)
+        boot = weighted_metrics(y_test, p_test, w, thr)
+        out[key] = {"threshold": thr, "held": held, "floor": floor, "reported": reported,
+                    f"val_{held}": val[held], f"val_{reported}": val[reported],
+                    **{f"test_{m}": test[m] for m in (held, reported)},
+                    **{f"test_{m}_ci95": percentiles(boot[m], level) for m in (held, reported)}}
+    return out
+
+
+def pr_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Recall and precision at every distinct threshold, from the highest score down (recall 0 to 1)."""
+    y = np.asarray(y).ravel().astype(bool)
+    order = np.argsort(-np.asarray(p).ravel(), kind="mergesort")
+    tp, fp = np.cumsum(y[order]), np.cumsum(~y[order])
+    last = np.r_[np.diff(np.asarray(p).ravel()[order]) != 0, True]
+    recall, precision = tp[last] / max(int(y.sum()), 1), tp[last] / (tp[last] + fp[last])
+    return np.r_[0, recall], np.r_[precision[0] if len(precision) else 1.0, precision]
+
+
+def average_precision(y: np.ndarray, p: np.ndarray) -> float:
+    """Area under the precision-recall curve as the step sum over recall (scikit-learn's average precision)."""
+    recall, precision = pr_points(y, p)
+    return float(np.sum(np.diff(recall) * precision[1:]))
+
+
+def delong_components(y: np.ndarray, p: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """AUC and DeLong's structural components: for each positive, the share of negatives it outranks (V10);
+    for each negative, the share of positives that outrank it (V01); ties count a half."""
+    y = np.asarray(y).ravel().astype(bool)
+    p = np.asarray(p).ravel().astype(np.float64)
+    pos, neg = p[y], p[~y]
+    # ranks among all, among positives, among negatives (ties averaged) give both components without an
+    # m x n matrix
+    rank_all, rank_pos, rank_neg = (pd_rank(a) for a in (p, pos, neg))
+    v10 = (rank_all[y] - rank_pos) / len(neg)
+    v01 = 1 - (rank_all[~y] - rank_neg) / len(pos)
+    return float(v10.mean()), v10, v01
+
+
+def pd_rank(values: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties averaged (as scipy's rankdata)."""
+    order = np.argsort(values, kind="mergesort")
+    _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+    return ranks
+
+
+def delong_test(y: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> dict[str, float]:
+    """DeLong's test of AUC(p1) - AUC(p2) for two models scored on the same images (DeLong, DeLong and
+    Clarke-Pearson 1988): the difference, its standard error, a 95% normal interval, z and the two-sided p.
+    A zero standard error (identical rankings) gives z 0 and p 1."""
+    from math import erf, sqrt
+
+    y = np.asarray(y).ravel().astype(bool)
+    if y.all() or not y.any():
+        raise ValueError("DeLong's test needs both classes")
+    a1, v10_1, v01_1 = delong_components(y, p1)
+    a2, v10_2, v01_2 = delong_components(y, p2)
+    s10, s01 = np.cov(np.vstack([v10_1, v10_2])), np.cov(np.vstack([v01_1, v01_2]))
+    cov = s10 / y.sum() + s01 / (~y).sum()
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    diff, se = a1 - a2, sqrt(max(var, 0.0))
+    z = diff / se if se > 1e-12 else 0.0
+    return {"auc_1": a1, "auc_2": a2, "difference": diff, "se": se, "ci95": (diff - 1.959964 * se, diff + 1.959964 * se),
+            "z": z, "p_value": float(1 - erf(abs(z) / sqrt(2)))}

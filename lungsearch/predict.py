@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import data
+from .calibration import Platt
 from .config import UserError
 from .metrics import binary_metrics
 from .overlap import training_overlap
@@ -38,6 +39,32 @@ class Predictor:
     @property
     def sizes(self) -> list[int]:
         return [int(m.input_shape[1]) for m in self.models]
+
+    @property
+    def calibration(self) -> Platt | None:
+        """The card's calibration map (fitted on the run's validation part); None without one."""
+        return Platt.from_dict(self.card.get("calibration"))
+
+    def calibrate(self, p: np.ndarray) -> np.ndarray:
+        """Probabilities on the calibrated scale (as they are without a calibration in the card)."""
+        return self.calibration(p) if self.calibration else np.asarray(p, np.float64)
+
+    @property
+    def shown_threshold(self) -> float:
+        """The card's threshold on the scale of calibrate()'s probabilities: the same labels."""
+        return self.calibration.threshold(self.threshold) if self.calibration else self.threshold
+
+    def describe(self) -> str:
+        """In words: what the probability is and which threshold labels it, and where that threshold comes from."""
+        cal = self.calibration
+        scale = (f"calibrated (Platt scaling fitted on the run's validation part, temperature {cal.temperature:.2f})"
+                 if cal else "uncalibrated")
+        card = self.source.with_suffix(".json").name  # the card beside a .keras file, or the card itself
+        where = (f"chosen on the run's validation part to maximise F1, from {card}"
+                 + (f"; {self.threshold:.4f} before calibration" if cal else "")
+                 if "threshold" in self.card else "the default: no model card with a threshold beside the model")
+        return (f"probability of PNEUMONIA, {scale}; label PNEUMONIA above threshold {self.shown_threshold:.4f} "
+                f"({where})")
 
     def probabilities(self, paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
         """Mean PNEUMONIA probability of each readable image, and the paths that could not be read."""
@@ -173,11 +200,12 @@ def predict(model_path: str | Path, images: list[str]) -> int:
     paths = [Path(p).expanduser() for p in images]
     missing = [p for p in paths if not p.is_file()]
     readable = [p for p in paths if p.is_file()]
+    print(f"# {predictor.describe()}")  # before the results, so the labels are read with their threshold
     probs, bad = predictor.probabilities(readable)
-    by_path = dict(zip([p for p in readable if p not in bad], probs))
+    by_path = dict(zip([p for p in readable if p not in bad], predictor.calibrate(probs)))
     for p in paths:
         if p in by_path:
-            label = data.CLASSES[int(by_path[p] > predictor.threshold)]
+            label = data.CLASSES[int(by_path[p] > predictor.shown_threshold)]
             print(f"{data.shown(p)}\t{by_path[p]:.4f}\t{label}")
         else:
             if p.is_dir():
@@ -188,8 +216,6 @@ def predict(model_path: str | Path, images: list[str]) -> int:
             else:
                 why = "not a readable JPEG or PNG image (corrupt or truncated?)"
             print(f"error: cannot read {data.shown(p)}: {why}", file=sys.stderr)
-    print(f"# probability of PNEUMONIA; label at threshold {predictor.threshold:.4f}"
-          f" ({'from ' + predictor.source.name if predictor.card else 'default'})", file=sys.stderr)
     return 1 if missing or bad else 0
 
 
@@ -222,9 +248,11 @@ def evaluate(model_path: str | Path, data_dir: str | Path | None) -> int:
               "half of a test/ folder's patients; if this is that dataset, half of these images are its validation "
               "data and the metrics below are optimistic: the run's report gives the untouched test half",
               file=sys.stderr)
+    probs = predictor.calibrate(probs)
+    print(f"# {predictor.describe()}")
     thresholds = [(0.5, "default")]
     if predictor.threshold != 0.5:
-        thresholds.append((predictor.threshold, "chosen on the run's validation part"))
+        thresholds.append((predictor.shown_threshold, "chosen on the run's validation part"))
     one_class = len(set(y.tolist())) < 2
     if one_class:
         only = data.CLASSES[int(y[0])]

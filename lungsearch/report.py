@@ -10,9 +10,11 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from . import analysis, confirmation, data, importance, store
+from . import analysis, clinical, confirmation, data, importance, store
 from .analysis import FIXED, SOURCE_REPORT, SPLIT_NAMES, Analysis, Evaluation, fmt, objective_text
-from .figures import STATUS_WORDS, fig_asha, fig_best, fig_curves, fig_params, fig_samples, fig_shift, first_rung
+from .card import near_trivial, write_cards
+from .figures import (STATUS_WORDS, fig_asha, fig_best, fig_calibration, fig_curves, fig_flow, fig_gallery,
+                      fig_params, fig_roc_pr, fig_samples, fig_shift, first_rung)
 from .config import count
 from .metrics import CI_METRICS
 from .predict import load_model
@@ -29,19 +31,46 @@ def setting(m: dict, k: str, v: Any) -> str:
 
 
 def one_class(shown: list[Evaluation], tuned: bool) -> list:
-    """Words for the models that call every test image one class at a threshold (their accuracy and F1 there
-    reflect only the share of each class)."""
-    said = [f"**{e.name}** calls every test image {c} (specificity {fmt(m['specificity'], 3)}, recall "
-            f"{fmt(m['recall'], 3)})" for e in shown for m in [e.test_tuned if tuned else e.test]
-            for c in ["PNEUMONIA" if m["tn"] + m["fn"] == 0 else "NORMAL" if m["tp"] + m["fp"] == 0 else ""] if c]
-    return [("p", "At this threshold " + "; ".join(said) + f": {'its' if len(said) == 1 else 'their'} accuracy, "
-                  "precision and F1 only reflect the share of each class in the test part; AUC does not depend on "
-                  "the threshold.")] if said else []
+    """Words for the models that call every test image, or nearly every one (specificity or recall below
+    card.NEAR_TRIVIAL), one class at a threshold: their accuracy and F1 there mostly reflect the share of each
+    class."""
+    def said(e: Evaluation, m: dict) -> str:
+        c = "PNEUMONIA" if m["tn"] + m["fn"] == 0 else "NORMAL" if m["tp"] + m["fp"] == 0 else ""
+        if c:
+            return f"**{e.name}** calls every test image {c} (specificity {fmt(m['specificity'], 3)}, recall " \
+                   f"{fmt(m['recall'], 3)})"
+        return f"**{e.name}** {near_trivial(m)}" if near_trivial(m) else ""
+
+    found = [t for e in shown for t in [said(e, e.test_tuned if tuned else e.test)] if t]
+    return [("p", "At this threshold " + "; ".join(found) + f": {'its' if len(found) == 1 else 'their'} accuracy, "
+                  "precision and F1 mostly reflect the share of each class in the test part (a near-trivial model); "
+                  "AUC does not depend on the threshold.")] if found else []
 
 
 def with_ci(ev: Evaluation, m: str, tuned: bool = False) -> str:
     lo, hi = (ev.ci_tuned if tuned else ev.ci)[m]
     return f"{fmt((ev.test_tuned if tuned else ev.test)[m])} [{fmt(lo, 3)}, {fmt(hi, 3)}]"
+
+
+def reduced(a: Analysis) -> bool:
+    """Whether the run trained on smaller sizes than the source report (--smoke, a data limit, smaller images
+    or fewer epochs)."""
+    m, c = a.run.manifest, a.run.manifest["run_constants"]
+    return bool(m.get("smoke") or int(c.get("data_limit", 0) or 0) or int(c.get("image_size", 150)) < 150
+                or int(m["settings"].get("max_epochs", 50)) < 50)
+
+
+def smoke_note(a: Analysis) -> list:
+    """Table 1's warning for a smoke (reduced) run: its figures are no reproduction of the source report."""
+    if not reduced(a):
+        return []
+    c, s = a.run.manifest["run_constants"], a.run.manifest["settings"]
+    what = "a smoke (reduced) run" if a.run.manifest.get("smoke") else "a reduced run"
+    return [("p", f"**This is {what}, not a reproduction**: {c.get('image_size')} px images (the "
+                  f"report: 150), at most {s.get('max_epochs')} epochs (the report: 50) and "
+                  f"{c.get('data_limit') or 'all'} training images. It shows that the tool works; its figures say "
+                  f"nothing about how the report's models perform. Run at the report's sizes (no --smoke, 150 px, up to 50 "
+                  f"epochs, all images) to compare.")]
 
 
 def table1(a: Analysis) -> tuple[str, list[str], list[list[str]]]:
@@ -169,7 +198,7 @@ def importance_blocks(a: Analysis, fig: Path | None) -> list:
 def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> list[tuple[str, list]]:
     """(title, blocks): ("p", text), ("ul", items), ("pre", text), ("img", png, caption), ("table", head, rows)."""
     m, b, best, protocol = a.run.manifest, a.board, a.best, a.run.manifest["run_constants"]["split"]
-    shown, parts = [*a.evals.values(), *([a.ensemble] if a.ensemble else [])], m["data"]["split"]["parts"]
+    shown, parts = clinical.shown_models(a), m["data"]["split"]["parts"]
     src, col = m["data"]["split"].get("sources", {}), analysis.score_column(b)
     tuned = "chosen on the validation part" + (" (target distribution)" if protocol == "target" else "")
     params, failed = [c for c in b.columns if c.startswith("cfg_")], b[b["status"] == "failed"]
@@ -200,9 +229,11 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
                   f"validation." if best else "No trial saved a model, so nothing was evaluated on test."),
             ("p", analysis.vs_base_text(a))]),
         ("Table 1: the source report's models and the best trial", [
+            *smoke_note(a),
             ("p", "Test metrics at threshold 0.5, laid out as the source report's Table 1. The **source report** "
                   "columns are its published figures (test set of its random 80:20 image split), copied for "
-                  "comparison, not rerun" + ("; this run uses the same protocol." if protocol == "report" else
+                  "comparison, not rerun" + ("; this run uses the same split protocol" + (
+                      ", but not the same sizes (above)." if reduced(a) else ".") if protocol == "report" else
                                              f"; this run's {protocol} split groups images by patient, so "
                                              f"they are not directly comparable.")), table1(a)]),
         ("Test metrics with 95% confidence intervals", [
@@ -304,20 +335,137 @@ def write_report(run_dir: str | Path, top: int = 5, ensemble: int = 3, export_en
     figs = {"samples": fig_samples(a, folder), "learning_curves": fig_curves(a, folder, curves),
             "asha": fig_asha(a, folder), "hyperparameters": fig_params(a, folder),
             "best_model": fig_best(a, folder) if a.best else None, "shift": fig_shift(a, folder)}
+    rv = clinical.review(a)
+    figs.update({"calibration": fig_calibration(a, rv, folder), "roc_pr": fig_roc_pr(a, rv, folder),
+                 "gallery": fig_gallery(rv, folder), "flow": fig_flow(rv, folder)})
     store.write_json(root / "evaluation.json", [{"model": e.name, "image_sizes": e.image_sizes, **analysis.card(a, e),
-                                                 **({"best_minus_base": a.vs_base} if e is a.best else {})}
-                                                for e in [*a.evals.values(), *filter(None, [a.ensemble])]])
+                                                 **({"best_minus_base": a.vs_base} if e is a.best else {}),
+                                                 **review_fields(rv, e, a.best)}
+                                                for e in clinical.shown_models(a)])
     exported = analysis.export_best(a)
     if export_ensemble:
         analysis.export_ensemble(a)
-    files = [f"`{n}`" for n in ("best_model.keras", "best_model.json", "best_model/", "ensemble.json", "ensemble/",
-                                "leaderboard.csv", confirmation.TABLE, "evaluation.json", "figures/")
-             if (root / n).exists()]
+    write_cards(a, rv)
+    files = [f"`{n}`" for n in ("best_model.keras", "best_model.json", "best_model/", "model_card.md",
+                                "ensemble.json", "ensemble/", "leaderboard.csv", confirmation.TABLE, "evaluation.json",
+                                "figures/") if (root / n).exists()]
     if exported is not None:
         files.append(f"use the best model: `python -m lungsearch predict {exported} IMAGE...` or "
                      f"`python -m lungsearch evaluate {exported} --data DIR`")
     title, secs = f"lungsearch report: {root.name}", sections(a, figs, files)
+    at = next((k for k, (name, _) in enumerate(secs) if name == "Leaderboard"), len(secs))
+    secs[at:at] = review_sections(a, rv, figs)
     (root / "report.md").write_text(to_markdown(title, secs, root))
     (root / "report.html").write_text(to_html(title, secs))
     log(f"report: {root / 'report.html'}")
     return root / "report.html"
+
+
+def review_fields(rv, e: Evaluation, best: Evaluation | None) -> dict[str, Any]:
+    """evaluation.json's reviewer fields of one model: calibration, operating points (and DeLong for the best)."""
+    cal = rv.calibrated.get(e.name)
+    return {"calibration": cal.to_dict() if cal else None, "operating_points": rv.operating.get(e.name),
+            **({"delong_best_minus_base": rv.delong} if e is best else {})}
+
+
+def ci_text(value: float, ci: tuple[float, float] | list[float], digits: int = 3) -> str:
+    return f"{fmt(value, digits)} [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+
+
+def calibration_blocks(rv, fig: Path | None) -> list:
+    rows = [[name, f"{c.platt.a:.3f}", f"{c.platt.b:.3f}", f"{c.platt.temperature:.2f}",
+             f"{c.val_log_loss[0]:.4f} → {c.val_log_loss[1]:.4f}",
+             ci_text(c.before["brier"], c.before["brier_ci95"]), ci_text(c.after["brier"], c.after["brier_ci95"]),
+             ci_text(c.before["ece"], c.before["ece_ci95"]), ci_text(c.after["ece"], c.after["ece_ci95"]),
+             f"{c.threshold:.3f} → {c.threshold_calibrated:.3f}"] for name, c in rv.calibrated.items()]
+    return [("p", "Does a predicted 0.8 mean 80%? Each model's probabilities are mapped by **Platt scaling**, "
+                  "sigmoid(a · logit(p) + b), fitted on the **validation part** (temperature scaling is b = 0, "
+                  "temperature 1/a), and scored on the test part before and after: the **Brier score** (mean squared "
+                  "error of the probability) and the **expected calibration error** (ECE: the mean gap between "
+                  "predicted and observed share over 10 equal-width bins), with 95% patient bootstrap intervals. The "
+                  "map keeps every ranking (AUC) and every label; the validation F1 threshold is shown before → "
+                  "after calibration. The exported card stores the map, and `evaluate` and `predict` apply it."),
+            ("table", ["model", "a", "b", "temperature", "validation log-loss (fitted)", "test Brier before",
+                       "test Brier after", "test ECE before", "test ECE after", "threshold before → after"], rows),
+            *([("img", fig, "Reliability diagrams on the test part, before and after calibration")] if fig else [])]
+
+
+def operating_blocks(a: Analysis, rv, fig: Path | None) -> list:
+    names = {"sensitivity_at_specificity_0.90": "sensitivity at specificity 0.90",
+             "sensitivity_at_specificity_0.95": "sensitivity at specificity 0.95",
+             "specificity_at_sensitivity_0.95": "specificity at sensitivity 0.95"}
+    rows = [[model, names.get(key, key), f"{op['threshold']:.4f}", fmt(op[f"val_{op['held']}"], 3),
+             ci_text(op["test_recall"], op["test_recall_ci95"]),
+             ci_text(op["test_specificity"], op["test_specificity_ci95"])]
+            for model, ops in rv.operating.items() for key, op in ops.items()]
+    d = rv.delong
+    delong = ("No DeLong test: " + ("the best trial is the base model itself." if a.best and a.best.fixed_point ==
+                                    "base" else "the best trial or the base model is missing.") if d is None else
+              f"**DeLong's test** of the AUC difference, {a.best.name} minus base, on the same test images: "
+              f"{d['auc_1']:.4f} vs {d['auc_2']:.4f}, difference {d['difference']:+.4f} (standard error "
+              f"{d['se']:.4f}, 95% interval [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], z {d['z']:.2f}, two-sided "
+              f"p {d['p_value']:.3g}). It treats images as independent; the paired patient bootstrap in the Summary "
+              f"does not, so where they disagree trust the bootstrap.")
+    return [("p", "Thresholds a clinician asks for, each **chosen on the validation part** (the rate held there "
+                  "is shown) and then applied unchanged to the test part, with 95% patient bootstrap intervals: "
+                  "the test rates may fall below the target, which is what the target distribution does to a "
+                  "threshold."),
+            ("table", ["model", "operating point", "threshold", "validation rate held", "test sensitivity",
+                       "test specificity"], rows),
+            ("p", delong),
+            *([("img", fig, "ROC and precision-recall curves on the test part (AP: average precision)")] if fig else [])]
+
+
+def saliency_blocks(a: Analysis, rv, fig: Path | None) -> list:
+    if not rv.gallery:
+        return [("p", "No saliency: no trial saved a model.")]
+    b = rv.border_share
+    return [("p", f"Where **{a.best.name}** looks, by {'Grad-CAM' if rv.saliency_method == 'gradcam' else 'occlusion'} "
+                  f"on every test image. The number to track: the **share of saliency in the outer border** (the "
+                  f"outer 10% of each side, 36% of the area, where no lung is): {fmt(b.get('all'), 3)} on average "
+                  f"(NORMAL {fmt(b.get('NORMAL'), 3)}, PNEUMONIA {fmt(b.get('PNEUMONIA'), 3)}); a map spread evenly "
+                  f"scores 0.36. A high share points to shortcuts: text markers, borders, devices."),
+            ("p", "The gallery: the test part's most confident false positives and false negatives at the "
+                  "validation threshold, and a few confident correct calls, each beside its overlay. Any image: "
+                  f"`lungsearch explain {a.run.dir / 'best_model.json'} IMAGE...`."),
+            *([("img", fig, "Most confident mistakes and correct calls on test, with saliency")] if fig else [])]
+
+
+def flow_blocks(rv, fig: Path) -> list:
+    f = rv.flow
+    rows = [[src, dst, str(v["images"]), str(v["NORMAL"]), str(v["PNEUMONIA"]), str(v["patients"])]
+            for src, edges in f["edges"].items() for dst, v in edges.items() if v["images"]]
+    rows += [[src, "excluded: in no part", str(v["images"]), str(v["NORMAL"]), str(v["PNEUMONIA"]),
+              str(v["patients"])] for src, v in f["unused"].items() if v["images"]]
+    return [("p", f"Images and patients from each folder of the dataset to each part of the split (CLAIM item 33). "
+                  f"Excluded before the split: {count(f['unreadable'], 'unreadable image')} and "
+                  f"{count(f['ignored'], 'other file')}"
+                  + (f"; the smoke data limit ({f['data_limit']} training images) leaves the rest in no part."
+                     if f["data_limit"] else ".")),
+            ("table", ["folder", "part", "images", "NORMAL", "PNEUMONIA", "patients"], rows),
+            ("img", fig, "Flow of images from the dataset's folders to the run's parts")]
+
+
+def card_blocks(a: Analysis, rv) -> list:
+    from .card import model_card
+
+    if a.best is None:
+        return [("p", "No model card: no trial saved a model.")]
+    mc = model_card(a, a.best, rv)
+    return [("p", f"For **{a.best.name}**, exported as `best_model.keras`; the same card is in `best_model.json` "
+                  f"(`model_card`) and `model_card.md`."),
+            ("p", f"**Intended use.** {mc['intended_use']}"), ("p", f"**Out-of-scope use.** {mc['out_of_scope_use']}"),
+            ("p", f"**Data.** {mc['data']['split']}; {mc['data']['patient_grouping']}."),
+            ("table", ["threshold", "chosen", "test sensitivity", "test specificity"],
+             [[f"{r['threshold']:.4f}", r["chosen"], ci_text(r["sensitivity"], r["sensitivity_ci95"]),
+               ci_text(r["specificity"], r["specificity_ci95"])] for r in mc["metrics_on_test"]]),
+            ("p", "**Limitations.**"), ("ul", mc["limitations"])]
+
+
+def review_sections(a: Analysis, rv, figs: dict[str, Path | None]) -> list[tuple[str, list]]:
+    """The sections a medical-imaging reviewer asks for (CLAIM, TRIPOD+AI), from clinical.review."""
+    return [("Calibration", calibration_blocks(rv, figs.get("calibration"))),
+            ("Clinical operating points", operating_blocks(a, rv, figs.get("roc_pr"))),
+            ("Where the best model looks", saliency_blocks(a, rv, figs.get("gallery"))),
+            ("Flow of images and patients", flow_blocks(rv, figs["flow"])),
+            ("Model card", card_blocks(a, rv))]

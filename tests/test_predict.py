@@ -188,3 +188,25 @@ def test_evaluate_says_when_overlap_cannot_be_checked(model_file, tmp_path, caps
     assert "is not there or has changed, so its split cannot be rebuilt" in capsys.readouterr().err
     assert predict.evaluate(model_file, root) == 0
     assert "the model has no card naming its run" in capsys.readouterr().err
+
+
+def test_predict_names_the_threshold_before_the_labels_and_applies_the_calibration(model_file, tmp_path, capsys):
+    path = copy_model(model_file, tmp_path / "run")
+    images = sorted((make_dataset(tmp_path / "xrays", {"test": 1}) / "test").rglob("*.jp*g"))[:2]
+    assert predict.predict(path, [str(p) for p in images]) == 0
+    head, *plain = capsys.readouterr().out.strip().splitlines()
+    assert head == ("# probability of PNEUMONIA, uncalibrated; label PNEUMONIA above threshold 0.5000 (the default: "
+                    "no model card with a threshold beside the model)")
+    card = {"model": "best_model.keras", "image_size": 8, "threshold": 0.3,
+            "calibration": {"method": "platt", "a": 2.0, "b": 0.5, "fitted_on": "validation part"}}
+    (tmp_path / "run" / "best_model.json").write_text(json.dumps(card))
+    assert predict.predict(path, [str(p) for p in images]) == 0
+    head, *calibrated = capsys.readouterr().out.strip().splitlines()
+    shown = 1 / (1 + np.exp(-(2.0 * np.log(0.3 / 0.7) + 0.5)))
+    assert f"label PNEUMONIA above threshold {shown:.4f}" in head and "0.3000 before calibration" in head
+    assert "from best_model.json" in head and "temperature 0.50" in head
+    for raw, cal in zip(plain, calibrated):
+        p = float(raw.split("\t")[1])
+        q = float(cal.split("\t")[1])
+        assert q == pytest.approx(1 / (1 + np.exp(-(2.0 * np.log(p / (1 - p)) + 0.5))), abs=2e-4)
+        assert cal.split("\t")[2] == ("PNEUMONIA" if p > 0.3 else "NORMAL")

@@ -173,8 +173,10 @@ def test_evaluate_and_predict_the_best_model_on_unseen_images(run, tmp_path):
     truncate(Path(bad))
     out = lungsearch("predict", run_dir / "best_model.keras", *images, bad, tmp_path / "missing.png")
     assert out.returncode == 1
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == 3
+    head, *lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3 and head.startswith("# probability of PNEUMONIA, calibrated (Platt scaling fitted on the "
+                                               "run's validation part")
+    assert "chosen on the run's validation part to maximise F1, from best_model.json" in head
     for line, image in zip(lines, images):
         path, prob, label = line.split("\t")
         assert path == str(image) and 0 <= float(prob) <= 1 and label in ("NORMAL", "PNEUMONIA")
@@ -321,11 +323,14 @@ def test_report_says_when_a_model_calls_every_image_one_class_and_when_asha_had_
     def ev(name, tp, fp, tn, fn):
         m = {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "specificity": tn / max(tn + fp, 1),
              "recall": tp / max(tp + fn, 1)}
-        return SimpleNamespace(name=name, test=m, test_tuned={**m, "tp": 1, "fp": 1, "tn": 1, "fn": 1})
+        return SimpleNamespace(name=name, test=m, test_tuned={**m, "tp": 1, "fp": 1, "tn": 1, "fn": 1,
+                                                              "specificity": 0.5, "recall": 0.5})
 
-    shown = [ev("base", 8, 8, 0, 0), ev("bn_aug", 5, 2, 6, 3), ev("ensemble of 3", 0, 0, 8, 8)]
+    shown = [ev("base", 8, 8, 0, 0), ev("bn_aug", 5, 2, 6, 3), ev("ensemble of 3", 0, 0, 8, 8),
+             ev("trial_7", 30, 29, 1, 0)]
     [(kind, text)] = report.one_class(shown, tuned=False)
     assert kind == "p" and "**base** calls every test image PNEUMONIA (specificity 0.000, recall 1.000)" in text
+    assert "**trial_7** calls nearly every image PNEUMONIA (specificity 0.033)" in text
     assert "**ensemble of 3** calls every test image NORMAL (specificity 1.000, recall 0.000)" in text
     assert "bn_aug" not in text and "their accuracy" in text
     assert report.one_class(shown, tuned=True) == [] and report.one_class(shown[1:2], tuned=False) == []
@@ -337,3 +342,69 @@ def test_report_says_when_a_model_calls_every_image_one_class_and_when_asha_had_
     [(kind, text)] = report.asha_blocks({"objective": {"text": OBJECTIVE_TEXT}}, fixed_only, [], Path("a.png"),
                                         "objective")
     assert kind == "p" and "no sampled trials, only fixed points, so ASHA had nothing to stop" in text
+
+
+def test_the_reviewer_sections_cards_and_figures(run):
+    run_dir, out = run
+    markdown, text = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    for name in ("## Calibration", "## Clinical operating points", "## Where the best model looks",
+                 "## Flow of images and patients", "## Model card", "Platt scaling", "Brier", "ECE",
+                 "sensitivity at specificity 0.90", "specificity at sensitivity 0.95", "DeLong",
+                 "share of saliency in the outer border", "Out-of-scope use", "not a diagnostic device",
+                 "Measured shift: AUC", "This is a reduced run, not a reproduction", "figures/gallery.png",
+                 "figures/flow.png", "figures/roc_pr.png", "figures/calibration.png"):
+        assert name.lower() in markdown.lower(), name
+    assert markdown.index("## Model card") < markdown.index("## Leaderboard")
+    assert "Not a diagnostic device" in text and "oneDNN" not in out.stdout
+    card = json.loads((run_dir / "best_model.json").read_text())
+    mc = card["model_card"]
+    assert card["calibration"]["method"] == "platt" and card["calibration"]["fitted_on"] == "validation part"
+    assert {"intended_use", "out_of_scope_use", "data", "metrics_on_test", "calibration", "shift",
+            "limitations"} <= set(mc)
+    assert mc["shift"]["gap"] == pytest.approx(mc["shift"]["holdout_auc"] - mc["shift"]["test_auc"])
+    assert len(mc["metrics_on_test"]) == 5 and all(r["sensitivity_ci95"][0] <= r["sensitivity"] <=
+                                                   r["sensitivity_ci95"][1] for r in mc["metrics_on_test"])
+    assert "# Model card" in (run_dir / "model_card.md").read_text()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    parts = manifest["data"]["split"]["parts"]
+    flow_rows = re.findall(r"\| (train|test) \| (train|val|test|holdout) \| (\d+) \|", markdown)
+    assert sum(int(n) for _, dst, n in flow_rows if dst == "test") == parts["test"]["images"]
+    for e in json.loads((run_dir / "evaluation.json").read_text()):
+        ops = e["operating_points"]
+        assert set(ops) == {"sensitivity_at_specificity_0.90", "sensitivity_at_specificity_0.95",
+                            "specificity_at_sensitivity_0.95"}
+        assert all(op[f"val_{op['held']}"] >= op["floor"] for op in ops.values())  # held on validation
+        assert e["calibration"]["test_after"]["brier"] >= 0
+        if "best_minus_base" in e and e["model"] != "base":
+            assert 0 <= e["delong_best_minus_base"]["p_value"] <= 1
+    for name in ("calibration", "roc_pr", "gallery", "flow"):
+        check_png((run_dir / "figures" / f"{name}.png").read_bytes())
+
+
+def test_calibration_and_operating_points_use_validation_only():
+    from lungsearch import clinical
+    from lungsearch.metrics import operating_points
+
+    rng = np.random.default_rng(1)
+    y = {"val": rng.integers(0, 2, 80), "test": rng.integers(0, 2, 60)}
+    p = {k: np.clip(0.3 * v + 0.7 * rng.random(len(v)), 0, 1) ** 3 for k, v in y.items()}  # miscalibrated
+    ev = analysis.evaluate("m", ["m"], [32], y, p, n_boot=50)
+    other = analysis.evaluate("m", ["m"], [32], y, {**p, "test": rng.random(60)}, n_boot=50)
+    a, b = clinical.calibrate(ev, 50, 0), clinical.calibrate(other, 50, 0)
+    assert a.platt == b.platt and a.threshold == b.threshold == ev.threshold  # the test part changes nothing
+    assert a.val_log_loss[1] < a.val_log_loss[0] and a.after["brier"] != b.after["brier"]
+    picks = clinical.gallery_picks(y["test"], p["test"], ev.threshold)
+    fp = [i for kind, i in picks if kind == "false positive"]
+    assert all(y["test"][i] == 0 and p["test"][i] > ev.threshold for i in fp)
+    assert [p["test"][i] for i in fp] == sorted((p["test"][i] for i in fp), reverse=True)
+    ops = operating_points(y["val"], p["val"], y["test"], p["test"], n_boot=50)
+    assert ops == operating_points(y["val"], p["val"], y["test"], p["test"], n_boot=50)
+
+
+def test_table_1_says_plainly_when_a_run_is_a_smoke_run():
+    manifest = {"smoke": True, "run_constants": {"image_size": 48, "data_limit": 480}, "settings": {"max_epochs": 4}}
+    a = SimpleNamespace(run=SimpleNamespace(manifest=manifest))
+    [(kind, text)] = report.smoke_note(a)
+    assert "This is a smoke (reduced) run, not a reproduction**: 48 px images" in text and "480 training" in text
+    a.run.manifest = {"smoke": False, "run_constants": {"image_size": 150, "data_limit": 0}, "settings": {"max_epochs": 50}}
+    assert report.smoke_note(a) == []
