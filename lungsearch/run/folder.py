@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from .. import space as spaces, store
-from ..config import OBJECTIVE, OBJECTIVE_MODE, OBJECTIVE_TEXT, SMOKE, SearchSettings, UserError
+from ..config import OBJECTIVE, OBJECTIVE_MODE, OBJECTIVE_TEXT, SMOKE, SearchSettings, UserError, count
 from .settings import flag, resolve_settings
 
 
@@ -113,12 +113,18 @@ def print_split(summary: dict) -> None:
         print(f"warning: {len(summary['images_in_two_parts'])} identical image(s) in two parts (leakage)")
 
 
+PRINTED_TRIALS = 30  # the best trials the end-of-run table shows; all are in trials.csv
+
+
 def print_table(table, manifest: dict) -> None:
     if table.empty:
         print("no trials ran")
         return
     cols = ["trial", "fixed_point", "status", "epochs_run", "objective", "val_f1", "test_auc", "test_accuracy"]
-    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    shown = table.head(PRINTED_TRIALS)
+    print(shown[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    if len(table) > len(shown):
+        print(f"... and {count(len(table) - len(shown), 'more trial')} in trials.csv")
     counts = table["status"].value_counts().to_dict()
     print(f"{len(table)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
           + f"; split '{manifest['settings']['split']}'; search wall time {manifest['search_wall_s']:.0f} s; "
