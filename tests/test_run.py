@@ -37,10 +37,27 @@ def check_run_folder(out, fixed=("base", "bn_aug", "bn_aug_dropout")):
     return run_dir, manifest, trials
 
 
+def taken_run_folders(results: Path, name: str, seconds: int) -> list[Path]:
+    """Run folders of another run of `name`, one for each second from now on, each holding a file: whenever this
+    run makes its folder, one of that name (same space, same second) exists already."""
+    now, made = time.time(), []
+    for second in range(seconds):
+        folder = results / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now + second))}-{name}"
+        folder.mkdir(parents=True)
+        (folder / "trials.csv").write_text("another run's results\n")
+        made.append(folder)
+    return made
+
+
 def test_report_space_runs_the_three_models_through_ray(dataset, cache_dir, tmp_path):
+    taken = taken_run_folders(tmp_path / "results", "report-smoke", 400)
     out = lungsearch("run", "spaces/report.py", "--data", dataset, "--smoke", "--max-epochs", 2, "--cpus-per-trial", 1,
                      "--results", tmp_path / "results")
     run_dir, manifest, trials = check_run_folder(out)
+    # the run's name was taken (the same space, started the same second): it made NAME-2, and the other is intact
+    assert run_dir.name.endswith("-report-smoke-2") and run_dir.parent / run_dir.name[:-2] in taken
+    assert all((f / "trials.csv").read_text() == "another run's results\n" for f in taken)
+    assert len(list((tmp_path / "results").iterdir())) == len(taken) + 1
     # the dataset has test/, so the default split resolves to target
     assert manifest["settings"]["split"] == "target" and manifest["split_requested"] == "auto"
     assert manifest["smoke"] is True and manifest["asha"]["metric"] == "objective"
@@ -48,6 +65,23 @@ def test_report_space_runs_the_three_models_through_ray(dataset, cache_dir, tmp_
     assert (trials["epochs_run"] <= 2).all()
     assert "search: 0 sampled trial(s) + 3 fixed point(s)" in out.stdout
     assert len(list((run_dir / "checkpoints").glob("*/model.keras"))) == 3
+
+
+def test_a_run_folder_is_always_new_and_an_unusable_results_folder_is_named(tmp_path):
+    from lungsearch.config import UserError
+    from lungsearch.run.folder import new_run_folder
+
+    results = tmp_path / "results"
+    other = results / "20260101-120000-ablation"
+    other.mkdir(parents=True)
+    (other / "manifest.json").write_text("{}")
+    made = [new_run_folder(results, "20260101-120000-ablation") for _ in range(2)]
+    assert [f.name for f in made] == ["20260101-120000-ablation-2", "20260101-120000-ablation-3"]
+    assert all(f.is_dir() and not list(f.iterdir()) for f in made)
+    assert (other / "manifest.json").read_text() == "{}"
+    with pytest.raises(UserError, match=r"cannot make a run folder in --results folder /proc/x \(.*\): pass "
+                                        r"--results with a folder you can write to"):
+        new_run_folder(Path("/proc/x"), "20260101-120000-ablation")
 
 
 def test_missing_data_says_how_to_get_it(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import itertools
 import os
 import shlex
 import sys
@@ -13,8 +14,26 @@ from types import SimpleNamespace
 from typing import Any
 
 from .. import space as spaces, store
-from ..config import OBJECTIVE, OBJECTIVE_MODE, OBJECTIVE_TEXT, SMOKE, SearchSettings, UserError
+from ..config import OBJECTIVE, OBJECTIVE_MODE, OBJECTIVE_TEXT, SMOKE, SearchSettings, UserError, shown
 from .settings import flag, resolve_settings
+
+
+def new_run_folder(results_dir: Path, name: str) -> Path:
+    """A new, empty folder results_dir/name made by this call; NAME-2, NAME-3, ... when NAME is taken (two runs
+    of one space started in the same second). Never an existing folder: a run that fails removes only what it
+    made. A folder that cannot be made is a UserError naming it."""
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            run_dir = results_dir / (name if n == 1 else f"{name}-{n}")
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                continue
+    except OSError as err:
+        raise UserError(f"cannot make a run folder in --results folder {shown(results_dir)} "
+                        f"({err.strerror or err}): pass --results with a folder you can write to") from None
 
 
 def write_run_folder(run_dir: Path, space: spaces.Space, settings: SearchSettings, smoke: bool, data_dir: Path,

@@ -16,7 +16,7 @@ from ..config import OBJECTIVE, OBJECTIVE_MODE, SearchSettings, UserError
 from . import budget
 from .budget import Budget
 from .cluster import cluster_address, cluster_totals, connect, resources
-from .folder import print_split, print_table, run_folder_problem, write_run_folder
+from .folder import new_run_folder, print_split, print_table, run_folder_problem, write_run_folder
 from .outcome import InterruptWatch, SearchIncomplete, search_status
 from .progress import RAY_LOG_HANDLER, Progress, trial_name
 from .searchers import FixedPointASHA, build_trials, searcher
@@ -60,12 +60,12 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
     try:
         resources(settings)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(results_dir).expanduser().resolve() / f"{stamp}-{space.name}{'-smoke' if smoke else ''}"
-        run_dir.mkdir(parents=True, exist_ok=False)
+        run_dir = new_run_folder(Path(results_dir).expanduser().resolve(),
+                                 f"{stamp}-{space.name}{'-smoke' if smoke else ''}")
         write_run_folder(run_dir, space, settings, smoke, data_dir, cache_dir, ds, requested_split, summary)
     except BaseException:  # a failure (or Ctrl-C) before the search: no Ray left running, no half-made run folder
         ray.shutdown()
-        if run_dir is not None and run_dir.is_dir():
+        if run_dir is not None and run_dir.is_dir():  # set only once this run made the folder: never another's
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     print(f"run folder: {run_dir}", flush=True)
