@@ -159,9 +159,10 @@ def loopback_only():
 
     ray.init turns a loopback `_node_ip_address` into the machine's reachable address
     (`services.resolve_ip_for_localhost`), and a node on that address listens on every interface, unless Ray
-    takes multi-node clusters to be off, as on Windows and macOS. Its switch for that, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER,
-    is read when Ray is imported, so the constant it sets is switched off here too; the processes ray.init starts
-    inherit the variable. Both are put back afterwards: a later `--address` connection is a cluster's."""
+    takes multi-node clusters to be off, as on Windows and macOS. Its switch for that,
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, is read when Ray is imported, so the constant it sets is switched off here
+    too; the processes ray.init starts inherit the variable. Both are put back afterwards: a later `--address`
+    connection is a cluster's."""
     from ray._private import ray_constants
 
     saved_env, saved = os.environ.get(CLUSTERS_SWITCH), getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
