@@ -297,3 +297,34 @@ def test_report_and_resume_say_the_same_of_half_made_run_folders(tmp_path, capsy
     resumed = []
     monkeypatch.setattr(search, "execute", lambda *args, **kwargs: resumed.append(args) or resumable)
     assert search.resume_search(resumable) == resumable and resumed == [(resumable, None)]
+
+
+def test_resume_refuses_data_that_changed_since_the_run_started(tmp_path, capsys, monkeypatch):
+    """Before Ray starts: a changed image and a deleted one give the data folder another fingerprint."""
+    from lungsearch import cli, data
+    from lungsearch.run import search
+
+    from conftest import make_dataset
+
+    images = make_dataset(tmp_path / "xrays", {"train": 3, "test": 2})
+    run_dir = half_made_run(tmp_path, "saved", ["tuner.pkl", "experiment_state-2026-01-02_03-04-06.json"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    before = data.scan(images).fingerprint
+    manifest["data"] = {"dir": str(images), "fingerprint": before}
+    manifest["run_constants"] = {"data_dir": str(images)}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    resumed = []
+    monkeypatch.setattr(search, "execute", lambda *args, **kwargs: resumed.append(kwargs["dataset"]) or run_dir)
+    assert search.resume_search(run_dir) == run_dir and resumed[0].fingerprint == before  # unchanged: resumed
+
+    first, second = sorted((images / "train" / "NORMAL").iterdir())[:2]
+    first.write_bytes(second.read_bytes())
+    second.unlink()
+    after = data.scan(images).fingerprint
+    assert cli.main(["resume", str(run_dir)]) == 2 and len(resumed) == 1
+    err = capsys.readouterr().err
+    assert (f"cannot resume {run_dir}: its data folder {images} has changed since the run started (fingerprint now "
+            f"{after}, the run's {before} in manifest.json)") in err
+    assert "Put the run's images back, or start a new run on the changed data: `python -m lungsearch run" in err
+    assert cli.main(["resume", str(run_dir / "manifest.json")]) == 2
+    assert f"{run_dir / 'manifest.json'} is a file, not a run folder" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from ..config import OBJECTIVE, OBJECTIVE_MODE, SearchSettings, UserError
 from . import budget
 from .budget import Budget
 from .cluster import cluster_address, cluster_totals, connect, resources
-from .folder import new_run_folder, print_split, print_table, run_folder_problem, write_run_folder
+from .folder import new_run_folder, print_split, print_table, run_folder_problem, unchanged_data, write_run_folder
 from .outcome import InterruptWatch, SearchIncomplete, search_status
 from .progress import RAY_LOG_HANDLER, Progress, trial_name
 from .searchers import FixedPointASHA, build_trials, searcher
@@ -74,12 +74,13 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
 
 def resume_search(run_dir: str | Path, address: str | None = None) -> Path:
     """Finish an interrupted search to its planned size; finished trials are kept, not rerun. A folder that
-    cannot be resumed is a UserError (before Ray starts) in the words `report` uses for it."""
+    cannot be resumed is a UserError (before Ray starts) in the words `report` uses for it, and so is a data
+    folder that changed since the run started."""
     run_dir = Path(run_dir).expanduser().resolve()
     problem = run_folder_problem(run_dir)
     if problem:
         raise UserError(problem)
-    return execute(run_dir, address, restore=True)
+    return execute(run_dir, address, restore=True, dataset=unchanged_data(run_dir))
 
 
 def budget_text(settings: SearchSettings) -> str:
