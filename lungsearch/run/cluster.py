@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -139,7 +140,7 @@ def connect(address: str | None) -> None:
         watchdog.daemon = True
         watchdog.start()
     try:
-        with contextlib.nullcontext() if target else loopback_only():
+        with sigterm_handler_kept(), contextlib.nullcontext() if target else loopback_only():
             ray.init(address=target or "local", include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, runtime_env={"env_vars": env}, **local)
     except ConnectionError as err:
@@ -150,6 +151,19 @@ def connect(address: str | None) -> None:
     if not target and node_address() != LOOPBACK:  # a Ray version whose switch works otherwise: do not hide it
         print(f"warning: the local Ray instance listens on {node_address()}, not on {LOOPBACK} only: its ports run "
               f"any code sent to them; keep them behind a firewall", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def sigterm_handler_kept():
+    """ray.init replaces the SIGTERM handler with one that exits at once: put back the one found (`run` and
+    `resume` stop a search on SIGTERM as on Ctrl-C, so that it can be resumed)."""
+    main = threading.current_thread() is threading.main_thread()
+    found = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if found is not None:
+            signal.signal(signal.SIGTERM, found)
 
 
 @contextlib.contextmanager
