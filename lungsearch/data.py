@@ -100,6 +100,15 @@ def is_complete(raw: np.ndarray, suffix: str) -> bool:
     return data[:2] == b"\xff\xd8" and b"\xff\xd9" in data[-4096:]
 
 
+def imdecode(raw: np.ndarray, flags: int) -> np.ndarray | None:
+    """cv2.imdecode, with None for every file OpenCV cannot decode: one above its pixel limit
+    (CV_IO_MAX_IMAGE_PIXELS, 2**30 pixels) raises where a damaged file returns None."""
+    try:
+        return cv2.imdecode(raw, flags)
+    except cv2.error:
+        return None
+
+
 def decode_method(normalize: str) -> str:
     """The normalisation applied when decoding: equalize or clahe; none for none and standardize (a model layer)."""
     if normalize in DECODE_TIME_NORMALIZATIONS:
@@ -110,7 +119,8 @@ def decode_method(normalize: str) -> str:
 
 
 def read_image(path: Path, size: int | None, normalize: str = "none") -> np.ndarray | None:
-    """Decode one image as 8-bit greyscale (resized to size x size when size is given); None if unreadable.
+    """Decode one image as 8-bit greyscale (resized to size x size when size is given); None if unreadable
+    (damaged, truncated, or too large for OpenCV).
 
     normalize "equalize" (histogram equalisation) or "clahe" (CLAHE, clip limit 2, 8 x 8 tiles) is applied
     to the full-size image before resizing; "none" and "standardize" decode as is.
@@ -119,7 +129,7 @@ def read_image(path: Path, size: int | None, normalize: str = "none") -> np.ndar
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0 or not is_complete(raw, path.suffix.lower()):
         return None
-    image = cv2.imdecode(raw, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    image = imdecode(raw, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
     if image is None:
         return None
     if image.dtype == np.uint16:
@@ -236,7 +246,7 @@ def load(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = N
     images, bad = cached_images(folder, ds.fingerprint, ds.files, image_size, method, decode, log)
     if bad:
         ds = ds.without(bad)
-        log(f"warning: skipped {len(bad)} unreadable image(s): {', '.join(shown(f) for f in sorted(bad)[:10])}"
+        log(f"warning: skipped {len(bad)} unreadable (damaged, truncated or too large) image(s): {', '.join(shown(f) for f in sorted(bad)[:10])}"
             + (" ..." if len(bad) > 10 else ""))
     require_both_classes(ds)  # again without the unreadable images
     return ds, images

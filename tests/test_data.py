@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import copy_into, make_dataset, truncate
+from conftest import copy_into, huge_png, make_dataset, truncate
 from lungsearch import cache, data
 from lungsearch.config import UserError
 
@@ -51,6 +51,16 @@ def test_truncated_images_are_skipped_and_listed_non_images_counted(dataset, cac
     assert len(images) == len(ds.files) == 63
     assert sorted(ds.ignored) == ["train/NORMAL/.DS_Store", "train/NORMAL/notes.txt"]
     assert any("skipped 1 unreadable" in m and rel in m for m in messages)
+
+
+def test_an_image_too_large_for_opencv_is_skipped_as_unreadable(dataset, cache_dir):
+    huge = huge_png(dataset / "train" / "NORMAL" / "IM-9999-0001.png")
+    assert data.read_image(huge, 32) is None and data.read_image(huge, None) is None
+    messages = []
+    ds, images = data.load(dataset, 32, log=messages.append)
+    assert ds.unreadable == ["train/NORMAL/IM-9999-0001.png"] and len(images) == len(ds.files) == 64
+    assert any("skipped 1 unreadable (damaged, truncated or too large) image(s): train/NORMAL/IM-9999-0001.png" in m
+               for m in messages)
 
 
 def test_cache_decodes_once_and_follows_content_and_size(dataset, cache_dir):
@@ -242,7 +252,7 @@ def test_non_utf8_file_name_is_read_fingerprinted_and_shown_escaped(dataset, cac
     assert rel in ds2.files and not ds2.unreadable and len(images) == 65
     assert np.array_equal(images[ds2.files.index(rel)], data.read_image(src, 24))
     text, ok = check_dataset(str(dataset))
-    assert ok and "unreadable or truncated images: 0" in text
+    assert ok and "unreadable, truncated or too large images: 0" in text
     text.encode("utf-8")  # printable
 
 
