@@ -59,7 +59,8 @@ def check_dataset(data_dir: str) -> tuple[str, bool]:
 
     by_hash: dict[str, list[int]] = {}
     for i, h in enumerate(ds.hashes):
-        by_hash.setdefault(h, []).append(i)
+        if infos[i] is not None:  # unreadable files (empty ones are all alike) are no image to share
+            by_hash.setdefault(h, []).append(i)
     duplicates = [idx for idx in by_hash.values() if len(idx) > 1]
     lines.append(f"identical images (same content): {len(duplicates)} group(s)"
                  + "".join("\n  " + " = ".join(data.shown(ds.files[i]) for i in idx) for idx in duplicates[:20]))

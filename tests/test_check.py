@@ -87,3 +87,12 @@ def test_an_image_too_large_for_opencv_is_listed_as_unreadable(dataset):
     text, ok = check_dataset(str(dataset))
     assert ok, text
     assert "unreadable, truncated or too large images: 1\n  test/NORMAL/IM-9999-0001.png" in text
+
+
+def test_empty_files_are_unreadable_and_not_identical_images(dataset):
+    for part in ("train", "test"):
+        for k in range(3):
+            (dataset / part / "NORMAL" / f"IM-{8000 + k}-0001.jpeg").write_bytes(b"")
+    text, ok = check_dataset(str(dataset))
+    assert ok and "LEAKAGE" not in text, text
+    assert "unreadable, truncated or too large images: 6" in text and "identical images (same content): 0" in text
