@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -23,8 +24,9 @@ RESULTS_HINT = "pass --results with a folder you can write to (it is created if 
 
 
 def writable_folder(path: str | Path, what: str, hint: str) -> Path:
-    """`path` (expanded, absolute) if it is a folder this process can write into, or one it can create;
-    else UserError naming `what` (the flag or variable), the path and `hint` (what to do)."""
+    """`path` (expanded, absolute) if it is a folder this process can write into, or one it can create (a folder
+    is made and removed in it, or in the nearest existing folder above it, to be sure); else UserError naming
+    `what` (the flag or variable), the path and `hint` (what to do)."""
     path = Path(path).expanduser().absolute()
 
     def refuse(why: str) -> UserError:
@@ -45,6 +47,11 @@ def writable_folder(path: str | Path, what: str, hint: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise refuse("is not writable" if existing == path
                      else f"cannot be created: {shown(existing)} is not writable")
+    try:  # the permission bits can say yes where the file system says no (/proc, a read-only mount as root)
+        os.rmdir(tempfile.mkdtemp(prefix=".lungsearch-probe-", dir=existing))
+    except OSError as err:
+        why = f"nothing can be made in {shown(existing)} ({err.strerror or err})"
+        raise refuse(f"is not writable: {why}" if existing == path else f"cannot be created: {why}") from None
     return path
 
 

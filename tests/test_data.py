@@ -302,6 +302,10 @@ def test_results_folder_is_checked_before_any_work(dataset, tmp_path):
         cache.check_results_folder(blocker / "runs")
     fresh = tmp_path / "new" / "runs"
     assert cache.check_results_folder(fresh) == fresh and not fresh.exists()  # checked, not created
+    assert sorted(tmp_path.iterdir()) == [blocker, dataset]  # the probe left nothing behind
+    # a folder whose permission bits allow writing, in a file system that refuses it
+    with pytest.raises(UserError, match=r"--results folder /proc/x cannot be created: nothing can be made in /proc"):
+        run.run_search("spaces/report.py", str(dataset), results_dir="/proc/x")
 
 
 @pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root can write into a read-only folder")
