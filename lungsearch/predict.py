@@ -219,8 +219,10 @@ def predict(model_path: str | Path, images: list[str]) -> int:
             print(f"{data.shown(p)}\t{by_path[p]:.4f}\t{label}")
         else:
             if p.is_dir():
+                # a class folder (test/NORMAL) is scored with its sibling: evaluate wants both classes
+                dataset = p.parent if p.name.upper() in data.CLASSES else p
                 why = (f"it is a folder: predict takes image files (.jpeg, .jpg, .png), e.g. {data.shown(p)}/*.jpeg; "
-                       f"to score a dataset folder use `lungsearch evaluate MODEL --data {data.shown(p)}`")
+                       f"to score a dataset folder use `lungsearch evaluate MODEL --data {data.shown(dataset)}`")
             elif p in missing:
                 why = "not a regular file" if p.exists() else "file not found"
             else:

@@ -65,6 +65,11 @@ def test_a_folder_passed_as_image_or_model_says_it_is_a_folder(model_file, tmp_p
     assert "file not found" not in err and "evaluate" in err
     with pytest.raises(UserError, match=f"model {tmp_path} is a folder; pass a .keras file"):
         predict.load(tmp_path)
+    images = make_dataset(tmp_path / "data", {"test": 1})
+    assert predict.predict(model_file, [str(images / "test" / "NORMAL")]) == 1
+    hint = f"lungsearch evaluate MODEL --data {images / 'test'}`"
+    assert hint in capsys.readouterr().err
+    assert predict.evaluate(model_file, str(images / "test")) == 0  # the hint works
 
 
 def test_a_bad_card_and_a_foreign_model_are_user_errors(model_file, tmp_path, capsys):
