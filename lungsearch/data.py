@@ -327,6 +327,7 @@ def make_split(ds: Dataset, protocol: str, seed: int = 0, data_limit: int = 0) -
              only reported, never selected on.
     Patient-grouped protocols keep each patient key in one of the parts they carve. data_limit > 0 keeps
     a stratified random subset: that many training images, a quarter as many for the other parts (smoke runs).
+    A part left without an image of a class is a UserError.
     """
     rng = np.random.default_rng(seed)
     all_idx = np.arange(len(ds.files))
@@ -368,11 +369,23 @@ def make_split(ds: Dataset, protocol: str, seed: int = 0, data_limit: int = 0) -
             if len(idx) > limits[part]:
                 keep = stratified_pick(labels[idx], limits[part] / len(idx), rng)
                 split[part] = idx[keep]
-    for part in split:
-        if len(split[part]) == 0:
-            raise UserError(f"the {protocol} split left the {part} part empty: the dataset is too small "
-                            f"({len(ds.files)} readable images)")
+    require_both_classes_in_parts(ds, split, protocol)
     return {k: np.sort(v) for k, v in split.items()}
+
+
+def require_both_classes_in_parts(ds: Dataset, split: dict[str, np.ndarray], protocol: str) -> None:
+    """Raise UserError when a part of a split holds no image of a class: nothing can be trained, stopped, chosen
+    or scored on one class, as with a dataset folder that lacks one."""
+    for part, idx in split.items():
+        missing = [name for label, name in enumerate(CLASSES) if not (ds.labels[idx] == label).any()]
+        if missing:
+            counts = ", ".join(f"{int((ds.labels == label).sum())} {name}" for label, name in enumerate(CLASSES))
+            source = split_sources(ds, protocol).get(part, "")
+            raise UserError(f"the {protocol} split left its {part} part ({source}) with no "
+                            f"{' and no '.join(missing)} image ({len(idx)} images in it): the dataset ({len(ds.files)} readable images: {counts}) is "
+                            f"too small for this split, and every part needs both classes. Add images of more "
+                            f"patients of each class" + ("" if protocol == "report" else
+                                                        ", or use --split report (it splits images, not patients)"))
 
 
 def shared_patients(ds: Dataset, split: dict[str, np.ndarray]) -> set[str]:

@@ -127,6 +127,22 @@ def test_copied_image_is_reported_as_leakage(dataset):
     assert any("copy_of_train.png" in b for _, b in pairs)
 
 
+def test_every_part_of_a_split_holds_both_classes(tmp_path):
+    root = make_dataset(tmp_path / "d", {"train": 12, "test": 4})
+    for f in sorted((root / "train" / "NORMAL").iterdir())[1:]:  # one NORMAL image left in train/
+        f.unlink()
+    ds = data.scan(root)
+    with pytest.raises(UserError, match=r"the target split left its train part \(train/ less the holdout\) with no "
+                                        r"NORMAL image \(20 images in it\): the dataset \(41 readable images: 9 "
+                                        r"NORMAL, 32 PNEUMONIA\) is too small for this split, and every part needs "
+                                        r"both classes"):
+        data.make_split(ds, "target")
+    with pytest.raises(UserError, match="the patient split left its train part .* with no NORMAL image"):
+        data.make_split(ds, "patient")
+    split = data.make_split(ds, "report")  # stratified by image: the one image goes somewhere, the others elsewhere
+    assert all(set(ds.labels[idx].tolist()) == {0, 1} for idx in split.values())
+
+
 def test_data_limit_keeps_a_stratified_subset(tmp_path):
     ds = data.scan(make_dataset(tmp_path / "d", {"train": 25}, images_per_patient=4))
     split = data.make_split(ds, "report", data_limit=40)
