@@ -119,6 +119,10 @@ def write_space(tmp_path, settings: str) -> Path:
     ("{}", ["--gpus-per-trial", "-3"], r"--gpus-per-trial must be -1 .*got -3.0"),
     ("{}", ["--num-samples", "0", "--no-fixed-points"],
      r"nothing to run: no sampled trials \(--num-samples 0\) and no fixed points \(--no-fixed-points\)"),
+    ("{}", ["--num-samples", "4"], r"--num-samples 4 asks for sampled trials, but space file .*myspace.py declares "
+                                   r"no parameter to search \(no `hp` declarations\), so every sampled trial would be "
+                                   r"the report's base model again"),
+    ("{'num_samples': 3}", [], r"num_samples: 3 in SETTINGS of .*myspace.py asks for sampled trials"),
     ("{'fixed_points': False}", [],
      r"nothing to run: .*\(the default num_samples 0\).*\(fixed_points: False in SETTINGS of .*myspace.py\)"),
 ])

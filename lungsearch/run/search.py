@@ -20,7 +20,7 @@ from .folder import new_run_folder, print_split, print_table, run_folder_problem
 from .outcome import InterruptWatch, SearchIncomplete, search_status
 from .progress import RAY_LOG_HANDLER, Progress, trial_name
 from .searchers import FixedPointASHA, build_trials, searcher
-from .settings import data_dir_from, resolve_settings
+from .settings import check_sampled_trials, data_dir_from, resolve_settings
 from .tracking import mlflow_callback, mlflow_uri
 from .trial import trainable
 
@@ -41,6 +41,7 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
     space = spaces.load(space_path)
     spaces.check_defaults(space, {"split": "target"})  # before the data is read; again below with the real split
     settings = resolve_settings(space, overrides, smoke)
+    check_sampled_trials(space, settings, overrides)
     data_dir = data_dir_from(data_arg)
     if address:
         cluster_address(address)  # a dead address fails in seconds, before the data is read

@@ -42,6 +42,18 @@ def resolve_settings(space: spaces.Space, overrides: dict[str, Any], smoke: bool
     return settings
 
 
+def check_sampled_trials(space: spaces.Space, settings: SearchSettings, overrides: dict[str, Any]) -> None:
+    """Refuse sampled trials of a space that declares no parameter: each would be the report's base model again."""
+    if not settings.num_samples or space.params:
+        return
+    asked = (f"--num-samples {settings.num_samples}" if overrides.get("num_samples") is not None
+             else f"num_samples: {settings.num_samples} in SETTINGS of {space.path}")
+    raise UserError(f"{asked} asks for sampled trials, but space file {space.path} declares no parameter to search "
+                    f"(no `hp` declarations), so every sampled trial would be the report's base model again: "
+                    f"declare parameters (hp = keras_tuner.HyperParameters(); hp.Float(...), as in the bundled "
+                    f"spaces), or run the fixed points only with --num-samples 0")
+
+
 def data_dir_from(arg: str | None) -> Path:
     value = arg or os.environ.get("LUNGSEARCH_DATA")
     if not value:
