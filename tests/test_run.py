@@ -136,6 +136,21 @@ def test_bad_settings_fail_before_ray_naming_the_file_or_flag(tmp_path, capsys, 
     assert "Traceback" not in err and not (tmp_path / "results").exists()
 
 
+def test_a_grace_period_that_leaves_asha_no_rung_is_warned_about(capsys):
+    from lungsearch import space as spaces
+    from lungsearch.run.settings import check_sampled_trials, resolve_settings
+
+    ablation = spaces.load("ablation")
+    for flags, warned in [({"grace_period": 10, "max_epochs": 2}, True), ({"grace_period": 2, "max_epochs": 2}, True),
+                          ({"grace_period": 1, "max_epochs": 2}, False),
+                          ({"grace_period": 10, "max_epochs": 2, "num_samples": 0}, False)]:  # fixed points only
+        check_sampled_trials(ablation, resolve_settings(ablation, flags, smoke=False), flags)
+        err = capsys.readouterr().err
+        assert ("ASHA can never stop a trial early" in err) == warned, (flags, err)
+        if flags["grace_period"] == 10 and warned:
+            assert err.startswith("warning: --grace-period (grace_period) 10 is not below --max-epochs (max_epochs) 2")
+
+
 def test_dead_cluster_addresses_fail_in_seconds_without_a_run_folder(tmp_path, capsys, monkeypatch):
     from lungsearch import cli
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,13 @@ def resolve_settings(space: spaces.Space, overrides: dict[str, Any], smoke: bool
 
 
 def check_sampled_trials(space: spaces.Space, settings: SearchSettings, overrides: dict[str, Any]) -> None:
-    """Refuse sampled trials of a space that declares no parameter: each would be the report's base model again."""
+    """Refuse sampled trials of a space that declares no parameter: each would be the report's base model again.
+    Warn when ASHA can never stop a sampled trial: a grace period of max_epochs or more leaves it no rung."""
+    if settings.num_samples and settings.grace_period >= settings.max_epochs:
+        print(f"warning: --grace-period (grace_period) {settings.grace_period} is not below --max-epochs (max_epochs) "
+              f"{settings.max_epochs}: ASHA can never stop a trial early (its first rung would be at epoch "
+              f"{settings.grace_period}, and every trial ends by epoch {settings.max_epochs}); set a grace period "
+              f"below {settings.max_epochs} to let it stop weak trials", file=sys.stderr, flush=True)
     if not settings.num_samples or space.params:
         return
     asked = (f"--num-samples {settings.num_samples}" if overrides.get("num_samples") is not None
