@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from .config import UserError, shown
+from .sizes import check_decode
 
 CACHE_HINT = ("set LUNGSEARCH_CACHE to a folder you can write to (default ~/.cache/lungsearch), or make this one "
               "writable")
@@ -121,7 +122,8 @@ def cached_images(folder: Path, fingerprint: str, files: list[str], image_size: 
     """The images of a dataset's `files` (uint8, N x size x size, the unreadable ones left out) and the
     unreadable files, from the cache entry of this fingerprint, size and decode-time normalisation `method`.
 
-    Without a sound entry, `folder` must be writable (UserError otherwise, before anything is decoded);
+    Without a sound entry, `folder` must be writable and the decoded images must fit its disk and the memory
+    (UserError otherwise, before anything is decoded);
     `decode()` then gives each file's image, or None for an unreadable one, in the order of `files`, and the
     result is written to the cache.
     """
@@ -130,6 +132,7 @@ def cached_images(folder: Path, fingerprint: str, files: list[str], image_size: 
     if cached is not None:
         return cached
     writable_folder(folder, "the image cache folder (LUNGSEARCH_CACHE)", CACHE_HINT)  # before decoding
+    check_decode(folder, len(files), image_size)
     decoded = decode()
     bad = {f for f, img in zip(files, decoded) if img is None}
     images = np.stack([img for img in decoded if img is not None])

@@ -11,7 +11,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from .. import data, space as spaces, store
+from .. import data, sizes, space as spaces, store
 from ..config import OBJECTIVE, OBJECTIVE_MODE, SearchSettings, UserError
 from . import budget
 from .budget import Budget
@@ -47,6 +47,8 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
         cluster_address(address)  # a dead address fails in seconds, before the data is read
     cache_dir = data.default_cache_dir()
     scanned = data.scan(data_dir)  # once: the trials get this instead of hashing every image again
+    if not address:  # a cluster's trials run on its nodes, not on this machine
+        sizes.check_trial(settings, len(scanned.files))
     ds, _ = data.load(data_dir, settings.image_size, cache_dir, dataset=scanned)
     requested_split = settings.split
     settings = settings.replace(split=data.resolve_split(ds, settings.split))
