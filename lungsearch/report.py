@@ -47,7 +47,9 @@ def with_ci(ev: Evaluation, m: str, tuned: bool = False) -> str:
 def table1(a: Analysis) -> tuple[str, list[str], list[list[str]]]:
     """The source report's Table 1 (test loss, accuracy, F1, recall, precision at 0.5), this run beside it."""
     keys, by_fixed = ("loss", "accuracy", "f1", "recall", "precision"), {e.fixed_point: e for e in a.evals.values()}
-    rows = [[label, *(fmt(ev.test[k]) if ev else "not run" for k in keys), *(fmt(source.get(k)) for k in keys[1:])]
+    ran = set(a.board["fixed_point"])
+    rows = [[label, *(fmt(ev.test[k]) if ev else "no saved model" if label in ran else "not run" for k in keys),
+             *(fmt(source.get(k)) for k in keys[1:])]
             for label, ev, source in [*((f, by_fixed.get(f), SOURCE_REPORT[f]) for f in FIXED),
                                       (f"best trial: {a.best.name}" if a.best else "best trial", a.best, {}),
                                       (a.ensemble.name if a.ensemble else "ensemble", a.ensemble, {})]]
