@@ -185,15 +185,6 @@ def vs_base_text(a: "Analysis") -> str:
             f"difference.")
 
 
-def missing_fixed_point_models(board: pd.DataFrame, run_dir: Path) -> list[str]:
-    """A warning for each fixed point that finished but whose saved model is gone: every fixed point keeps its
-    model, so the report would otherwise leave it out without a word."""
-    lost = board[(board["fixed_point"] != "") & (board["status"] == "finished") & ~board["checkpoint"]]
-    return [f"warning: fixed point {t.fixed_point} ({t.trial}) finished, but its model "
-            f"{run_dir / 'checkpoints' / t.trial / 'model.keras'} is missing: it is left out of Table 1, the "
-            f"evaluation and the comparison with the base model" for t in lost.itertuples()]
-
-
 def evaluate(name: str, trials: list[str], sizes: list[int], y: dict[str, np.ndarray], p: dict[str, np.ndarray],
              n_boot: int = 1000, seed: int = 0, fixed_point: str = "", groups: np.ndarray | None = None) -> Evaluation:
     """Metrics at 0.5 and at the threshold chosen on validation, with bootstrap intervals on test (resampling
@@ -217,8 +208,6 @@ def analyse(run_dir: str | Path, top: int = 5, ensemble: int = 3, data_dir: str 
         raise UserError(f"--ensemble must be 2 or more (or 0 for none), got {ensemble}")
     run = load_run(run_dir)  # trials in leaderboard order
     board = run.trials.assign(checkpoint=[run.checkpoint(t) is not None for t in run.trials["trial"]])
-    for warning in missing_fixed_point_models(board, run.dir):
-        log(warning)
     ranked = list(board.loc[board["checkpoint"], "trial"])
     fixed = [t for t in ranked if board.set_index("trial").loc[t, "fixed_point"]]
     wanted = list(dict.fromkeys(ranked[: max(top, ensemble)] + fixed))

@@ -217,6 +217,22 @@ def require_both_classes(ds: Dataset, readable: np.ndarray | None = None) -> Non
         raise UserError(empty_class_message(empty))
 
 
+def require_both_classes_in_parts(ds: Dataset, split: dict[str, np.ndarray], protocol: str) -> None:
+    """Raise UserError when a part of a split holds no image of a class: nothing can be trained, stopped, chosen
+    or scored on one class, as with a dataset folder that lacks one."""
+    for part, idx in split.items():
+        missing = [name for label, name in enumerate(CLASSES) if not (ds.labels[idx] == label).any()]
+        if missing:
+            counts = ", ".join(f"{int((ds.labels == label).sum())} {name}" for label, name in enumerate(CLASSES))
+            source = split_sources(ds, protocol).get(part, "")
+            raise UserError(f"the {protocol} split left its {part} part ({source}) with no "
+                            f"{' and no '.join(missing)} image ({len(idx)} images in it): the dataset "
+                            f"({len(ds.files)} readable images: {counts}) is too small for this split, and every "
+                            f"part needs both classes. Add images of more patients of each class"
+                            + ("" if protocol == "report" else
+                               ", or use --split report (it splits images, not patients)"))
+
+
 def load(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = None,
          log=print, normalize: str = "none", dataset: Dataset | None = None) -> tuple[Dataset, np.ndarray]:
     """Scan a dataset and return it with its images (uint8, N x size x size), decoded once and cached on disk.
@@ -246,7 +262,8 @@ def load(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = N
     images, bad = cached_images(folder, ds.fingerprint, ds.files, image_size, method, decode, log)
     if bad:
         ds = ds.without(bad)
-        log(f"warning: skipped {len(bad)} unreadable (damaged, truncated or too large) image(s): {', '.join(shown(f) for f in sorted(bad)[:10])}"
+        log(f"warning: skipped {len(bad)} unreadable (damaged, truncated or too large) image(s): "
+            f"{', '.join(shown(f) for f in sorted(bad)[:10])}"
             + (" ..." if len(bad) > 10 else ""))
     require_both_classes(ds)  # again without the unreadable images
     return ds, images
@@ -371,21 +388,6 @@ def make_split(ds: Dataset, protocol: str, seed: int = 0, data_limit: int = 0) -
                 split[part] = idx[keep]
     require_both_classes_in_parts(ds, split, protocol)
     return {k: np.sort(v) for k, v in split.items()}
-
-
-def require_both_classes_in_parts(ds: Dataset, split: dict[str, np.ndarray], protocol: str) -> None:
-    """Raise UserError when a part of a split holds no image of a class: nothing can be trained, stopped, chosen
-    or scored on one class, as with a dataset folder that lacks one."""
-    for part, idx in split.items():
-        missing = [name for label, name in enumerate(CLASSES) if not (ds.labels[idx] == label).any()]
-        if missing:
-            counts = ", ".join(f"{int((ds.labels == label).sum())} {name}" for label, name in enumerate(CLASSES))
-            source = split_sources(ds, protocol).get(part, "")
-            raise UserError(f"the {protocol} split left its {part} part ({source}) with no "
-                            f"{' and no '.join(missing)} image ({len(idx)} images in it): the dataset ({len(ds.files)} readable images: {counts}) is "
-                            f"too small for this split, and every part needs both classes. Add images of more "
-                            f"patients of each class" + ("" if protocol == "report" else
-                                                        ", or use --split report (it splits images, not patients)"))
 
 
 def shared_patients(ds: Dataset, split: dict[str, np.ndarray]) -> set[str]:

@@ -44,6 +44,16 @@ def with_ci(ev: Evaluation, m: str, tuned: bool = False) -> str:
     return f"{fmt((ev.test_tuned if tuned else ev.test)[m])} [{fmt(lo, 3)}, {fmt(hi, 3)}]"
 
 
+def missing_fixed_point_models(a: Analysis) -> list[str]:
+    """A warning for each fixed point that finished but whose saved model is gone: every fixed point keeps its
+    model, so the report would otherwise leave it out without a word."""
+    b = a.board
+    lost = b[(b["fixed_point"] != "") & (b["status"] == "finished") & ~b["checkpoint"].astype(bool)]
+    return [f"warning: fixed point {t.fixed_point} ({t.trial}) finished, but its model "
+            f"{a.run.dir / 'checkpoints' / t.trial / 'model.keras'} is missing: it is left out of Table 1, the "
+            f"evaluation and the comparison with the base model" for t in lost.itertuples()]
+
+
 def table1(a: Analysis) -> tuple[str, list[str], list[list[str]]]:
     """The source report's Table 1 (test loss, accuracy, F1, recall, precision at 0.5), this run beside it."""
     keys, by_fixed = ("loss", "accuracy", "f1", "recall", "precision"), {e.fixed_point: e for e in a.evals.values()}
@@ -236,6 +246,8 @@ def write_report(run_dir: str | Path, top: int = 5, ensemble: int = 3, export_en
     """Analyse a run and write leaderboard.csv, evaluation.json, figures/, report.md, report.html and
     best_model.keras + best_model.json (ensemble.json + ensemble/ with export_ensemble); return report.html."""
     a = analysis.analyse(run_dir, top, ensemble, data_dir, log=log)
+    for warning in missing_fixed_point_models(a):
+        log(warning)
     root, folder = a.run.dir, a.run.dir / "figures"
     folder.mkdir(exist_ok=True)
     curves = list(dict.fromkeys([*a.board.loc[a.board["fixed_point"] != "", "trial"], *a.board["trial"].head(top)]))

@@ -11,7 +11,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from .. import data, sizes, space as spaces, store
+from .. import data, space as spaces, store
 from ..config import OBJECTIVE, OBJECTIVE_MODE, SearchSettings, UserError
 from . import budget
 from .budget import Budget
@@ -20,7 +20,7 @@ from .folder import new_run_folder, print_split, print_table, run_folder_problem
 from .outcome import InterruptWatch, SearchIncomplete, search_status
 from .progress import RAY_LOG_HANDLER, Progress, trial_name
 from .searchers import FixedPointASHA, build_trials, searcher
-from .settings import check_sampled_trials, data_dir_from, resolve_settings
+from .settings import check_machine, check_sampled_trials, data_dir_from, resolve_settings
 from .tracking import mlflow_callback, mlflow_uri
 from .trial import trainable
 
@@ -47,8 +47,7 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
         cluster_address(address)  # a dead address fails in seconds, before the data is read
     cache_dir = data.default_cache_dir()
     scanned = data.scan(data_dir)  # once: the trials get this instead of hashing every image again
-    if not address:  # a cluster's trials run on its nodes, not on this machine
-        sizes.check_trial(settings, len(scanned.files))
+    check_machine(settings, len(scanned.files), address)
     ds, _ = data.load(data_dir, settings.image_size, cache_dir, dataset=scanned)
     requested_split = settings.split
     settings = settings.replace(split=data.resolve_split(ds, settings.split))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import space as spaces
+from .. import sizes, space as spaces
 from ..config import SMOKE, InvalidValue, SearchSettings, UserError
 
 
@@ -59,6 +59,13 @@ def check_sampled_trials(space: spaces.Space, settings: SearchSettings, override
                     f"(no `hp` declarations), so every sampled trial would be the report's base model again: "
                     f"declare parameters (hp = keras_tuner.HyperParameters(); hp.Float(...), as in the bundled "
                     f"spaces), or run the fixed points only with --num-samples 0")
+
+
+def check_machine(settings: SearchSettings, images: int, address: str | None) -> None:
+    """Refuse an image size at which a trial cannot fit this machine's memory (sizes.check_trial), for a local
+    run: a cluster's trials run on its nodes."""
+    if not address:
+        sizes.check_trial(settings, images)
 
 
 def data_dir_from(arg: str | None) -> Path:
