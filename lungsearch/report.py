@@ -44,16 +44,6 @@ def with_ci(ev: Evaluation, m: str, tuned: bool = False) -> str:
     return f"{fmt((ev.test_tuned if tuned else ev.test)[m])} [{fmt(lo, 3)}, {fmt(hi, 3)}]"
 
 
-def missing_fixed_point_models(a: Analysis) -> list[str]:
-    """A warning for each fixed point that finished but whose saved model is gone: every fixed point keeps its
-    model, so the report would otherwise leave it out without a word."""
-    b = a.board
-    lost = b[(b["fixed_point"] != "") & (b["status"] == "finished") & ~b["checkpoint"].astype(bool)]
-    return [f"warning: fixed point {t.fixed_point} ({t.trial}) finished, but its model "
-            f"{a.run.dir / 'checkpoints' / t.trial / 'model.keras'} is missing: it is left out of Table 1, the "
-            f"evaluation and the comparison with the base model" for t in lost.itertuples()]
-
-
 def table1(a: Analysis) -> tuple[str, list[str], list[list[str]]]:
     """The source report's Table 1 (test loss, accuracy, F1, recall, precision at 0.5), this run beside it."""
     keys, by_fixed = ("loss", "accuracy", "f1", "recall", "precision"), {e.fixed_point: e for e in a.evals.values()}
@@ -192,6 +182,16 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
                                for r in failed.itertuples()])]),
         ("Files", [("ul", files)]),
     ]
+
+
+def missing_fixed_point_models(a: Analysis) -> list[str]:
+    """A warning for each fixed point that finished but whose saved model is gone: every fixed point keeps its
+    model, so the report would otherwise leave it out without a word."""
+    b = a.board
+    lost = b[(b["fixed_point"] != "") & (b["status"] == "finished") & ~b["checkpoint"].astype(bool)]
+    return [f"warning: fixed point {t.fixed_point} ({t.trial}) finished, but its model "
+            f"{a.run.dir / 'checkpoints' / t.trial / 'model.keras'} is missing: it is left out of Table 1, the "
+            f"evaluation and the comparison with the base model" for t in lost.itertuples()]
 
 
 def to_markdown(title: str, secs: list[tuple[str, list]], root: Path) -> str:
