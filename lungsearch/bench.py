@@ -5,6 +5,7 @@ Prints a table, then as its last line one JSON object with the figures.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import data, space as spaces, store
-from .config import FIXED_POINTS, SMOKE as SMOKE_SEARCH, TrialConfig
+from .config import FIXED_POINTS, SMOKE as SMOKE_SEARCH, TrialConfig, UserError
 
 FULL = {"image_size": 150, "images": 0, "epochs": 2}  # all training images of the patient split
 SMOKE = {"image_size": SMOKE_SEARCH["image_size"], "images": SMOKE_SEARCH["data_limit"], "epochs": 3}  # --smoke's
@@ -159,10 +160,22 @@ def search_efficiency(run_dir: Path, solo: dict[TrialConfig, float]) -> dict[str
             "trial_startup_s_mean": manifest["trial_startup_s_mean"], "trials": len(trials)}
 
 
+def check_options(search: bool, compare_fresh: bool, cpus_per_trial: float | None) -> None:
+    """Refuse, before any work, a bad --cpus-per-trial and the search's options without the search."""
+    if cpus_per_trial is not None and not (math.isfinite(cpus_per_trial) and cpus_per_trial >= 0):
+        raise UserError(f"--cpus-per-trial must be 0 (chosen from the machine) or more, got {cpus_per_trial:g}")
+    given = [flag for flag, value in (("--cpus-per-trial", cpus_per_trial is not None),
+                                      ("--compare-fresh-workers", compare_fresh)) if value]
+    if not search and given:
+        raise UserError(f"{' and '.join(given)} set{'' if len(given) > 1 else 's'} the smoke search, which "
+                        f"--no-search skips: drop one or the other")
+
+
 def run_bench(data_arg: str | None, smoke: bool, search: bool = True, compare_fresh: bool = False,
               cpus_per_trial: float | None = None) -> dict[str, Any]:
     from .run.settings import data_dir_from
 
+    check_options(search, compare_fresh, cpus_per_trial)
     import keras
 
     sizes = SMOKE if smoke else FULL

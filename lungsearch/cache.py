@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .config import UserError, shown
+from .sizes import check_decode
 
 CACHE_HINT = ("set LUNGSEARCH_CACHE to a folder you can write to (default ~/.cache/lungsearch), or make this one "
               "writable")
@@ -23,8 +25,9 @@ RESULTS_HINT = "pass --results with a folder you can write to (it is created if 
 
 
 def writable_folder(path: str | Path, what: str, hint: str) -> Path:
-    """`path` (expanded, absolute) if it is a folder this process can write into, or one it can create;
-    else UserError naming `what` (the flag or variable), the path and `hint` (what to do)."""
+    """`path` (expanded, absolute) if it is a folder this process can write into, or one it can create (a folder
+    is made and removed in it, or in the nearest existing folder above it, to be sure); else UserError naming
+    `what` (the flag or variable), the path and `hint` (what to do)."""
     path = Path(path).expanduser().absolute()
 
     def refuse(why: str) -> UserError:
@@ -45,6 +48,11 @@ def writable_folder(path: str | Path, what: str, hint: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise refuse("is not writable" if existing == path
                      else f"cannot be created: {shown(existing)} is not writable")
+    try:  # the permission bits can say yes where the file system says no (/proc, a read-only mount as root)
+        os.rmdir(tempfile.mkdtemp(prefix=".lungsearch-probe-", dir=existing))
+    except OSError as err:
+        why = f"nothing can be made in {shown(existing)} ({err.strerror or err})"
+        raise refuse(f"is not writable: {why}" if existing == path else f"cannot be created: {why}") from None
     return path
 
 
@@ -114,7 +122,8 @@ def cached_images(folder: Path, fingerprint: str, files: list[str], image_size: 
     """The images of a dataset's `files` (uint8, N x size x size, the unreadable ones left out) and the
     unreadable files, from the cache entry of this fingerprint, size and decode-time normalisation `method`.
 
-    Without a sound entry, `folder` must be writable (UserError otherwise, before anything is decoded);
+    Without a sound entry, `folder` must be writable and the decoded images must fit its disk and the memory
+    (UserError otherwise, before anything is decoded);
     `decode()` then gives each file's image, or None for an unreadable one, in the order of `files`, and the
     result is written to the cache.
     """
@@ -123,6 +132,7 @@ def cached_images(folder: Path, fingerprint: str, files: list[str], image_size: 
     if cached is not None:
         return cached
     writable_folder(folder, "the image cache folder (LUNGSEARCH_CACHE)", CACHE_HINT)  # before decoding
+    check_decode(folder, len(files), image_size)
     decoded = decode()
     bad = {f for f, img in zip(files, decoded) if img is None}
     images = np.stack([img for img in decoded if img is not None])

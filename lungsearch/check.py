@@ -15,11 +15,11 @@ INFECTION = re.compile(r"_(bacteria|virus)_")  # person1_bacteria_1.jpeg, person
 
 
 def image_info(path) -> str | None:
-    """'WxH channels depth' of a readable image, None if it is unreadable or truncated."""
+    """'WxH channels depth' of a readable image, None if it is unreadable, truncated or too large to decode."""
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0 or not data.is_complete(raw, path.suffix.lower()):
         return None
-    image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    image = data.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if image is None:
         return None
     channels = 1 if image.ndim == 2 else image.shape[2]
@@ -51,7 +51,7 @@ def check_dataset(data_dir: str) -> tuple[str, bool]:
               + ", ".join(f"{s} ({n})" for s, n in sizes.most_common(5)),
               "image kinds: " + ", ".join(f"{k} ({n})" for k, n in kinds.most_common())]
     unreadable = [f for f, i in zip(ds.files, infos) if i is None]
-    lines.append(f"unreadable or truncated images: {len(unreadable)}"
+    lines.append(f"unreadable, truncated or too large images: {len(unreadable)}"
                  + "".join(f"\n  {data.shown(f)}" for f in unreadable))
     lines.append(f"non-image files ignored: {len(ds.ignored)}"
                  + "".join(f"\n  {data.shown(f)}" for f in ds.ignored[:20]))
@@ -59,7 +59,8 @@ def check_dataset(data_dir: str) -> tuple[str, bool]:
 
     by_hash: dict[str, list[int]] = {}
     for i, h in enumerate(ds.hashes):
-        by_hash.setdefault(h, []).append(i)
+        if infos[i] is not None:  # unreadable files (empty ones are all alike) are no image to share
+            by_hash.setdefault(h, []).append(i)
     duplicates = [idx for idx in by_hash.values() if len(idx) > 1]
     lines.append(f"identical images (same content): {len(duplicates)} group(s)"
                  + "".join("\n  " + " = ".join(data.shown(ds.files[i]) for i in idx) for idx in duplicates[:20]))

@@ -317,8 +317,16 @@ def list_spaces() -> int:
 
 def search(args: argparse.Namespace) -> int:
     """`run` and `resume`. Exit status 0 only when the search finished and its report was written; then the
-    last line of stdout is the run folder. Interrupted: 130 (resume finishes it); every trial failed, or the
-    report failed: 1; a user error: 2 (main). The reason goes to stderr."""
+    last line of stdout is the run folder. Interrupted: 130 by Ctrl-C, 143 by SIGTERM (resume finishes it); every
+    trial failed, or the report failed: 1; a user error: 2 (main). The reason goes to stderr."""
+    from .run.outcome import exit_code, sigterm_stops_search
+
+    with sigterm_stops_search():
+        return exit_code(run_or_resume(args))
+
+
+def run_or_resume(args: argparse.Namespace) -> int:
+    """`search` with SIGTERM handled as Ctrl-C: its exit status, 130 for either."""
     from .run import SearchIncomplete, resume_search, run_search
 
     try:

@@ -100,6 +100,15 @@ def is_complete(raw: np.ndarray, suffix: str) -> bool:
     return data[:2] == b"\xff\xd8" and b"\xff\xd9" in data[-4096:]
 
 
+def imdecode(raw: np.ndarray, flags: int) -> np.ndarray | None:
+    """cv2.imdecode, with None for every file OpenCV cannot decode: one above its pixel limit
+    (CV_IO_MAX_IMAGE_PIXELS, 2**30 pixels) raises where a damaged file returns None."""
+    try:
+        return cv2.imdecode(raw, flags)
+    except cv2.error:
+        return None
+
+
 def decode_method(normalize: str) -> str:
     """The normalisation applied when decoding: equalize or clahe; none for none and standardize (a model layer)."""
     if normalize in DECODE_TIME_NORMALIZATIONS:
@@ -110,7 +119,8 @@ def decode_method(normalize: str) -> str:
 
 
 def read_image(path: Path, size: int | None, normalize: str = "none") -> np.ndarray | None:
-    """Decode one image as 8-bit greyscale (resized to size x size when size is given); None if unreadable.
+    """Decode one image as 8-bit greyscale (resized to size x size when size is given); None if unreadable
+    (damaged, truncated, or too large for OpenCV).
 
     normalize "equalize" (histogram equalisation) or "clahe" (CLAHE, clip limit 2, 8 x 8 tiles) is applied
     to the full-size image before resizing; "none" and "standardize" decode as is.
@@ -119,7 +129,7 @@ def read_image(path: Path, size: int | None, normalize: str = "none") -> np.ndar
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0 or not is_complete(raw, path.suffix.lower()):
         return None
-    image = cv2.imdecode(raw, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    image = imdecode(raw, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
     if image is None:
         return None
     if image.dtype == np.uint16:
@@ -207,6 +217,22 @@ def require_both_classes(ds: Dataset, readable: np.ndarray | None = None) -> Non
         raise UserError(empty_class_message(empty))
 
 
+def require_both_classes_in_parts(ds: Dataset, split: dict[str, np.ndarray], protocol: str) -> None:
+    """Raise UserError when a part of a split holds no image of a class: nothing can be trained, stopped, chosen
+    or scored on one class, as with a dataset folder that lacks one."""
+    for part, idx in split.items():
+        missing = [name for label, name in enumerate(CLASSES) if not (ds.labels[idx] == label).any()]
+        if missing:
+            counts = ", ".join(f"{int((ds.labels == label).sum())} {name}" for label, name in enumerate(CLASSES))
+            source = split_sources(ds, protocol).get(part, "")
+            raise UserError(f"the {protocol} split left its {part} part ({source}) with no "
+                            f"{' and no '.join(missing)} image ({len(idx)} images in it): the dataset "
+                            f"({len(ds.files)} readable images: {counts}) is too small for this split, and every "
+                            f"part needs both classes. Add images of more patients of each class"
+                            + ("" if protocol == "report" else
+                               ", or use --split report (it splits images, not patients)"))
+
+
 def load(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = None,
          log=print, normalize: str = "none", dataset: Dataset | None = None) -> tuple[Dataset, np.ndarray]:
     """Scan a dataset and return it with its images (uint8, N x size x size), decoded once and cached on disk.
@@ -236,7 +262,8 @@ def load(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = N
     images, bad = cached_images(folder, ds.fingerprint, ds.files, image_size, method, decode, log)
     if bad:
         ds = ds.without(bad)
-        log(f"warning: skipped {len(bad)} unreadable image(s): {', '.join(shown(f) for f in sorted(bad)[:10])}"
+        log(f"warning: skipped {len(bad)} unreadable (damaged, truncated or too large) image(s): "
+            f"{', '.join(shown(f) for f in sorted(bad)[:10])}"
             + (" ..." if len(bad) > 10 else ""))
     require_both_classes(ds)  # again without the unreadable images
     return ds, images
@@ -317,6 +344,7 @@ def make_split(ds: Dataset, protocol: str, seed: int = 0, data_limit: int = 0) -
              only reported, never selected on.
     Patient-grouped protocols keep each patient key in one of the parts they carve. data_limit > 0 keeps
     a stratified random subset: that many training images, a quarter as many for the other parts (smoke runs).
+    A part left without an image of a class is a UserError.
     """
     rng = np.random.default_rng(seed)
     all_idx = np.arange(len(ds.files))
@@ -358,10 +386,7 @@ def make_split(ds: Dataset, protocol: str, seed: int = 0, data_limit: int = 0) -
             if len(idx) > limits[part]:
                 keep = stratified_pick(labels[idx], limits[part] / len(idx), rng)
                 split[part] = idx[keep]
-    for part in split:
-        if len(split[part]) == 0:
-            raise UserError(f"the {protocol} split left the {part} part empty: the dataset is too small "
-                            f"({len(ds.files)} readable images)")
+    require_both_classes_in_parts(ds, split, protocol)
     return {k: np.sort(v) for k, v in split.items()}
 
 

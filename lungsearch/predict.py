@@ -107,13 +107,28 @@ def load_model(path: str | Path):
         raise UserError(f"model {data.shown(path)} "
                         + ("is a folder, not a .keras file" if path.is_dir() else "not found"))
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except BAD_MODEL_ERRORS as err:
         # Keras says "File not found" for a file that is not a zip archive: say what is wrong instead
         why = ("it is not a .keras (zip) archive: truncated, damaged, or not a Keras 3 model file"
                if not zipfile.is_zipfile(path) else f"{type(err).__name__}: {data.shown(err)}")
         raise UserError(f"model {data.shown(path)} exists but is not a loadable Keras model ({why}); export it "
                         f"again with `lungsearch report RUN_DIR`, or pass another .keras file") from err
+    check_shapes(path, model)
+    return model
+
+
+def check_shapes(path: Path, model) -> None:
+    """Refuse a Keras model that is not a lungsearch model: one that does not take square greyscale images
+    (None, S, S, 1) or does not give one probability per image (None, 1)."""
+    shapes = [getattr(model, "input_shape", None), getattr(model, "output_shape", None)]
+    inputs, outputs = [tuple(s) if isinstance(s, (tuple, list)) else s for s in shapes]
+    square_grey = isinstance(inputs, tuple) and len(inputs) == 4 and inputs[3] == 1 and inputs[1] == inputs[2] \
+        and isinstance(inputs[1], int)
+    if not (square_grey and outputs == (None, 1)):
+        raise UserError(f"model {data.shown(path)} is not a lungsearch model: it takes {inputs} and gives {outputs}, "
+                        f"where a lungsearch model takes square greyscale images (None, S, S, 1) and gives the "
+                        f"probability of PNEUMONIA (None, 1); pass a model exported by `lungsearch report`")
 
 
 def read_card(path: Path) -> dict[str, Any]:
@@ -124,6 +139,26 @@ def read_card(path: Path) -> dict[str, Any]:
     if not isinstance(card, dict):
         raise UserError(f"model card {data.shown(path)} is not a lungsearch card (a JSON object, as best_model.json)")
     return card
+
+
+def card_threshold(card_file: Path, card: dict[str, Any]) -> float:
+    """The card's threshold (0.5 when it gives none), checked: a number in [0, 1]."""
+    value = card.get("threshold", 0.5)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise UserError(f"bad model card {data.shown(card_file)}: its threshold must be a number in [0, 1], got "
+                        f"{value!r}; export the card again with `lungsearch report RUN_DIR`, or move it away to use "
+                        f"the model with threshold 0.5")
+    return float(value)
+
+
+def card_members(card_file: Path, card: dict[str, Any]) -> list[dict[str, Any]]:
+    """The models a card names: its `members` (an ensemble card), else the card itself; each with a file name."""
+    entries = card.get("members") or ([card] if "model" in card else [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("model"), str)
+                                                for e in entries):
+        raise UserError(f"bad model card {data.shown(card_file)}: 'members' must be a list of objects, each with "
+                        f"the 'model' file it names; export the card again with `lungsearch report RUN_DIR`")
+    return entries
 
 
 def card_size(card: dict[str, Any]) -> int | list[int] | None:
@@ -167,14 +202,17 @@ def load(model_path: str | Path) -> Predictor:
     if path.suffix == ".keras":
         card_file = path.with_suffix(".json")
         card = read_card(card_file) if card_file.is_file() else {}
+        threshold = card_threshold(card_file, card)
         model = load_model(path)
         if card:
             check_card(card_file, card, path, model)
-        return Predictor(path, [model], float(card.get("threshold", 0.5)), card, [uses_tta(card)])
+        return Predictor(path, [model], threshold, card, [uses_tta(card)])
     if path.suffix != ".json":
         raise UserError(f"model {path} is neither a .keras file nor a .json model or ensemble card")
     card = read_card(path)
-    members = [m["model"] for m in card.get("members", [])] or ([card["model"]] if "model" in card else [])
+    threshold = card_threshold(path, card)
+    entries = card_members(path, card)
+    members = [m["model"] for m in entries]
     if not members:
         raise UserError(f"{path} names no model: expected a 'model' or a 'members' list (best_model.json or "
                         f"ensemble.json written by `lungsearch report`)")
@@ -183,15 +221,15 @@ def load(model_path: str | Path) -> Predictor:
     if missing:
         raise UserError(f"{path} lists model file(s) that are missing: {', '.join(missing)}; keep the card "
                         f"next to the files it names (copy the whole run folder, or ensemble/ with ensemble.json)")
-    ttas = [uses_tta(m) for m in card["members"]] if card.get("members") else [uses_tta(card)]
+    ttas = [uses_tta(m) for m in entries]
     loaded = [load_model(f) for f in files]
-    for f, model, entry in zip(files, loaded, card.get("members") or [card]):
+    for f, model, entry in zip(files, loaded, entries):
         size, recorded = int(model.input_shape[1]), card_size(entry)
         if isinstance(recorded, int) and size != recorded:
             raise UserError(f"{data.shown(path)} says {data.shown(f.name)} takes {recorded} px input, but that file's "
                             f"model takes {size} px: the card and the model files come from different runs; copy "
                             f"the run folder's card and models together")
-    return Predictor(path, loaded, float(card.get("threshold", 0.5)), card, ttas)
+    return Predictor(path, loaded, threshold, card, ttas)
 
 
 def predict(model_path: str | Path, images: list[str]) -> int:
@@ -209,8 +247,10 @@ def predict(model_path: str | Path, images: list[str]) -> int:
             print(f"{data.shown(p)}\t{by_path[p]:.4f}\t{label}")
         else:
             if p.is_dir():
+                # a class folder (test/NORMAL) is scored with its sibling: evaluate wants both classes
+                dataset = p.parent if p.name.upper() in data.CLASSES else p
                 why = (f"it is a folder: predict takes image files (.jpeg, .jpg, .png), e.g. {data.shown(p)}/*.jpeg; "
-                       f"to score a dataset folder use `lungsearch evaluate MODEL --data {data.shown(p)}`")
+                       f"to score a dataset folder use `lungsearch evaluate MODEL --data {data.shown(dataset)}`")
             elif p in missing:
                 why = "not a regular file" if p.exists() else "file not found"
             else:

@@ -38,6 +38,7 @@ class Plan:
     members: dict[str, zipfile.ZipInfo] = field(default_factory=dict)  # DEST-relative path -> archive member
     counts: Counter = field(default_factory=Counter)  # (part, class) -> images
     junk: int = 0  # __MACOSX/ entries and dotfiles (.DS_Store, ._name)
+    links: int = 0  # symbolic links: never followed, never written
     non_images: int = 0
     outside: list[str] = field(default_factory=list)  # images not in a part/class folder
     duplicates: int = 0  # the same part/class/file again with the same content (a second copy)
@@ -96,7 +97,10 @@ def make_plan(zf: zipfile.ZipFile, archive: Path) -> Plan:
         if info.is_dir():
             continue
         parts = [p for p in re.split(r"[/\\]", info.filename) if p not in ("", ".")]
-        if any(p == "__MACOSX" or p.startswith(".") for p in parts) or is_symlink(info):
+        if is_symlink(info):
+            plan.links += 1
+            continue
+        if any(p == "__MACOSX" or p.startswith(".") for p in parts):
             plan.junk += 1
             continue
         if Path(parts[-1]).suffix.lower() not in data.IMAGE_SUFFIXES:
@@ -253,7 +257,7 @@ def prepare(archive: str | Path, dest: str | Path, log: Callable[[str], object] 
                                 f"{counts}); nothing was kept")
             (tmp / MARKER).write_text(json.dumps({
                 "archive": archive.name, "archive_bytes": archive.stat().st_size, "content": digest,
-                "counts": counts, "skipped": {"junk": plan.junk, "non_images": plan.non_images,
+                "counts": counts, "skipped": {"junk": plan.junk, "links": plan.links, "non_images": plan.non_images,
                                               "duplicates": plan.duplicates, "conflicts": len(plan.conflicts),
                                               "outside_layout": len(plan.outside)}}, indent=1))
             if dest.exists():
@@ -265,6 +269,7 @@ def prepare(archive: str | Path, dest: str | Path, log: Callable[[str], object] 
     log(table(counts))
     skipped = [f"{n:,} {what}" for n, what in ((plan.duplicates, "second copies of the same file"),
                                                (plan.junk, "__MACOSX/ and dot files"),
+                                               (plan.links, "symbolic link(s)"),
                                                (plan.non_images, "non-image file(s)"),
                                                (len(plan.outside), "images outside part/class folders"))
                if n]

@@ -76,7 +76,9 @@ def smoke_note(a: Analysis) -> list:
 def table1(a: Analysis) -> tuple[str, list[str], list[list[str]]]:
     """The source report's Table 1 (test loss, accuracy, F1, recall, precision at 0.5), this run beside it."""
     keys, by_fixed = ("loss", "accuracy", "f1", "recall", "precision"), {e.fixed_point: e for e in a.evals.values()}
-    rows = [[label, *(fmt(ev.test[k]) if ev else "not run" for k in keys), *(fmt(source.get(k)) for k in keys[1:])]
+    ran = set(a.board["fixed_point"])
+    rows = [[label, *(fmt(ev.test[k]) if ev else "no saved model" if label in ran else "not run" for k in keys),
+             *(fmt(source.get(k)) for k in keys[1:])]
             for label, ev, source in [*((f, by_fixed.get(f), SOURCE_REPORT[f]) for f in FIXED),
                                       (f"best trial: {a.best.name}" if a.best else "best trial", a.best, {}),
                                       (a.ensemble.name if a.ensemble else "ensemble", a.ensemble, {})]]
@@ -277,6 +279,16 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
     ]
 
 
+def missing_fixed_point_models(a: Analysis) -> list[str]:
+    """A warning for each fixed point that finished but whose saved model is gone: every fixed point keeps its
+    model, so the report would otherwise leave it out without a word."""
+    b = a.board
+    lost = b[(b["fixed_point"] != "") & (b["status"] == "finished") & ~b["checkpoint"].astype(bool)]
+    return [f"warning: fixed point {t.fixed_point} ({t.trial}) finished, but its model "
+            f"{a.run.dir / 'checkpoints' / t.trial / 'model.keras'} is missing: it is left out of Table 1, the "
+            f"evaluation and the comparison with the base model" for t in lost.itertuples()]
+
+
 def to_markdown(title: str, secs: list[tuple[str, list]], root: Path) -> str:
     out = [f"# {title}", ""]
     for name, blocks in secs:
@@ -329,6 +341,8 @@ def write_report(run_dir: str | Path, top: int = 5, ensemble: int = 3, export_en
     """Analyse a run and write leaderboard.csv, evaluation.json, figures/, report.md, report.html and
     best_model.keras + best_model.json (ensemble.json + ensemble/ with export_ensemble); return report.html."""
     a = analysis.analyse(run_dir, top, ensemble, data_dir, log=log)
+    for warning in missing_fixed_point_models(a):
+        log(warning)
     root, folder = a.run.dir, a.run.dir / "figures"
     folder.mkdir(exist_ok=True)
     curves = list(dict.fromkeys([*a.board.loc[a.board["fixed_point"] != "", "trial"], *a.board["trial"].head(top)]))

@@ -93,9 +93,12 @@ def load(path: str | Path) -> Space:
         namespace = runpy.run_path(str(path), run_name="lungsearch_space")
     except SyntaxError as err:
         raise UserError(f"syntax error in space file {path}, line {err.lineno}: {err.msg}") from None
-    except Exception as err:  # anything the file raises, e.g. a keras-tuner range error
+    except (Exception, SystemExit) as err:  # anything the file raises, e.g. a keras-tuner range error
         where = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == str(path)]
         line = f", line {where[-1].lineno}" if where else ""
+        if isinstance(err, SystemExit):  # sys.exit() or exit(): the command would end silently, with its code
+            raise UserError(f"space file {path}{line} exits (SystemExit {err.code!r}); a space file only declares "
+                            f"`hp` and `SETTINGS`: remove the exit") from None
         raise UserError(f"space file {path}{line} raised {type(err).__name__}: {err}") from None
     settings = namespace.get("SETTINGS", {})
     if not isinstance(settings, dict):

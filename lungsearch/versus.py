@@ -185,7 +185,7 @@ def budget_from(settings, smoke: bool, budget_epochs: float | None, budget_minut
 
 def prepare(space_path, data_arg, results_dir, smoke: bool, budget: Budget, overrides: dict[str, Any]) -> Race:
     """Check the inputs, read the data and make the race's folder (UserError before any work for a mistake)."""
-    from .run.folder import print_split
+    from .run.folder import new_run_folder, print_split
     from .run.settings import data_dir_from, resolve_settings
 
     data.check_results_folder(results_dir)
@@ -208,8 +208,8 @@ def prepare(space_path, data_arg, results_dir, smoke: bool, budget: Budget, over
             "seed": settings.seed, "split_seed": settings.split_seed, "data_limit": settings.data_limit}
     held = sorted(set(SMOKE) & set(space.params)) if smoke else []
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = Path(results_dir).expanduser().resolve() / f"{stamp}-versus-{space.name}{'-smoke' if smoke else ''}"
-    folder.mkdir(parents=True, exist_ok=False)
+    folder = new_run_folder(Path(results_dir).expanduser().resolve(),
+                            f"{stamp}-versus-{space.name}{'-smoke' if smoke else ''}")
     groups = np.array([ds.patients[i] for i in split["test"]], dtype=object)
     return Race(space, settings, overrides, smoke, data_dir, scanned, ds, base, held, budget, folder, groups)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import struct
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -69,6 +71,19 @@ def dataset(tmp_path: Path) -> Path:
 def cache_dir(tmp_path: Path, monkeypatch) -> Path:
     path = tmp_path / "cache"
     monkeypatch.setenv("LUNGSEARCH_CACHE", str(path))
+    return path
+
+
+def huge_png(path: Path, width: int = 40000, height: int = 30000) -> Path:
+    """A PNG file that says it is width x height (above OpenCV's pixel limit by default), a few bytes long: its
+    one row of pixel data is enough, as OpenCV refuses it on the header."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
+                     + chunk(b"IEND", b""))
     return path
 
 

@@ -40,3 +40,17 @@ def test_bench_prints_a_table_then_one_json_line(dataset, cache_dir):
     assert figures["aug_ratio"] <= figures["aug_ratio_max"]
     # a reused worker has Python, Keras and the images loaded: its start-up is the shorter
     assert figures["trial_startup_warm_s"] < figures["trial_startup_cold_s"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cpus-per-trial", "-1"], "--cpus-per-trial must be 0 (chosen from the machine) or more, got -1"),
+    (["--no-search", "--cpus-per-trial", "2"], "--cpus-per-trial sets the smoke search, which --no-search skips"),
+    (["--no-search", "--compare-fresh-workers"], "--compare-fresh-workers sets the smoke search, which --no-search"),
+])
+def test_bad_or_idle_options_are_refused_before_any_work(flags, message, tmp_path, capsys):
+    from lungsearch import cli
+
+    started = time.perf_counter()
+    assert cli.main(["bench", "--data", str(tmp_path / "nowhere"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert time.perf_counter() - started < 10

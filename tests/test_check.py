@@ -2,7 +2,8 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import REPO, copy_into, truncate, write_image, xray
+from conftest import REPO, copy_into, huge_png, truncate, write_image, xray
+from lungsearch.check import check_dataset
 
 
 def run_check(path):
@@ -26,7 +27,7 @@ def test_catches_truncated_jpeg_non_image_and_image_copied_into_test(dataset):
     copy_into(src, dataset / "test" / "PNEUMONIA", src.name)  # same file name: same patient key too
     out = run_check(dataset)
     assert out.returncode == 1
-    assert "unreadable or truncated images: 1" in out.stdout and victim.name in out.stdout
+    assert "unreadable, truncated or too large images: 1" in out.stdout and victim.name in out.stdout
     assert "non-image files ignored: 1" in out.stdout and "readme.txt" in out.stdout
     assert "LEAKAGE: 1 image(s) identical between train/val and test (1 patient key(s) in both)" in out.stdout
 
@@ -77,5 +78,21 @@ def test_file_names_that_are_not_utf8_are_checked_and_shown_escaped(dataset):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "train       24         25        25" in out.stdout
     assert "non-image files ignored: 1" in out.stdout and "train/PNEUMONIA/notes_\\xe9.txt" in out.stdout
-    assert "unreadable or truncated images: 0" in out.stdout
+    assert "unreadable, truncated or too large images: 0" in out.stdout
     assert "train/PNEUMONIA/person9_bacteria_\\xff.jpeg" in out.stdout  # an identical copy: listed as such
+
+
+def test_an_image_too_large_for_opencv_is_listed_as_unreadable(dataset):
+    huge_png(dataset / "test" / "NORMAL" / "IM-9999-0001.png")
+    text, ok = check_dataset(str(dataset))
+    assert ok, text
+    assert "unreadable, truncated or too large images: 1\n  test/NORMAL/IM-9999-0001.png" in text
+
+
+def test_empty_files_are_unreadable_and_not_identical_images(dataset):
+    for part in ("train", "test"):
+        for k in range(3):
+            (dataset / part / "NORMAL" / f"IM-{8000 + k}-0001.jpeg").write_bytes(b"")
+    text, ok = check_dataset(str(dataset))
+    assert ok and "LEAKAGE" not in text, text
+    assert "unreadable, truncated or too large images: 6" in text and "identical images (same content): 0" in text

@@ -1,5 +1,6 @@
 """A real three-node Ray cluster on loopback (a head and two workers started with `ray start`), a smoke
 search spread over it, a worker node killed mid-search, and a driver killed and resumed on the cluster."""
+import ipaddress
 import json
 import os
 import secrets
@@ -13,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, processes_marked
 from test_search import SPACE, kill_driver_then_resume, lungsearch
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -48,6 +49,75 @@ def children(pid: int) -> list[int]:
             except (OSError, IndexError, ValueError):
                 pass
     return found + [c for f in found for c in children(f)]
+
+
+def other_address() -> str | None:
+    """This machine's address on its network (not loopback), or None if it has none."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # a UDP connect sends nothing: the kernel only picks the interface
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def listening(pids: list[int]) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int, int]]:
+    """(address, port, pid) of every TCP socket these processes listen on, read from /proc."""
+    owner = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owner[target[8:-1]] = pid
+        except OSError:  # gone, or a file descriptor closed while it was read
+            pass
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in owner:  # 0A: LISTEN
+                continue
+            hex_address, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_address)  # 32-bit words in the machine's (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            address = ipaddress.ip_address(raw)
+            found.append((getattr(address, "ipv4_mapped", None) or address, int(hex_port, 16), owner[fields[9]]))
+    return found
+
+
+LOCAL_RAY = """
+import json, sys, ray
+from lungsearch.run.cluster import connect
+connect(None)
+ray.get(ray.remote(lambda: 1).remote())  # a worker process, listening as trial workers do
+print(json.dumps(ray.get_runtime_context().gcs_address), flush=True)
+sys.stdin.readline()
+ray.shutdown()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads listening sockets from Linux's /proc")
+def test_a_local_run_listens_on_loopback_only(ray_processes_stopped):
+    """Ray runs any code sent to its ports: without --address, its GCS, raylet, agents, workers and the driver listen
+    on 127.0.0.1 only, and this machine's other address refuses every one of those ports."""
+    driver = subprocess.Popen([sys.executable, "-c", LOCAL_RAY], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        gcs = json.loads(driver.stdout.readline())
+        sockets = listening(processes_marked(ray_processes_stopped) + [driver.pid])
+    finally:
+        driver.communicate("\n", timeout=60)
+    assert gcs.startswith("127.0.0.1:") and int(gcs.rsplit(":", 1)[1]) in {port for _, port, _ in sockets}
+    assert len({pid for _, _, pid in sockets}) >= 3, sockets  # the driver, the GCS, the raylet, a worker, ...
+    assert all(address.is_loopback for address, _, _ in sockets), sockets
+    outside = other_address()
+    if outside is None:
+        pytest.skip("this machine has no address but loopback to connect from")
+    for _, port, _ in sockets:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((outside, port), timeout=5).close()
 
 
 @pytest.fixture(scope="module")

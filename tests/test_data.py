@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import copy_into, make_dataset, truncate
+from conftest import copy_into, huge_png, make_dataset, truncate
 from lungsearch import cache, data
 from lungsearch.config import UserError
 
@@ -51,6 +51,16 @@ def test_truncated_images_are_skipped_and_listed_non_images_counted(dataset, cac
     assert len(images) == len(ds.files) == 63
     assert sorted(ds.ignored) == ["train/NORMAL/.DS_Store", "train/NORMAL/notes.txt"]
     assert any("skipped 1 unreadable" in m and rel in m for m in messages)
+
+
+def test_an_image_too_large_for_opencv_is_skipped_as_unreadable(dataset, cache_dir):
+    huge = huge_png(dataset / "train" / "NORMAL" / "IM-9999-0001.png")
+    assert data.read_image(huge, 32) is None and data.read_image(huge, None) is None
+    messages = []
+    ds, images = data.load(dataset, 32, log=messages.append)
+    assert ds.unreadable == ["train/NORMAL/IM-9999-0001.png"] and len(images) == len(ds.files) == 64
+    assert any("skipped 1 unreadable (damaged, truncated or too large) image(s): train/NORMAL/IM-9999-0001.png" in m
+               for m in messages)
 
 
 def test_cache_decodes_once_and_follows_content_and_size(dataset, cache_dir):
@@ -115,6 +125,22 @@ def test_copied_image_is_reported_as_leakage(dataset):
     split = data.make_split(ds, "patient")
     pairs = data.split_summary(ds, split, "patient")["images_in_two_parts"]
     assert any("copy_of_train.png" in b for _, b in pairs)
+
+
+def test_every_part_of_a_split_holds_both_classes(tmp_path):
+    root = make_dataset(tmp_path / "d", {"train": 12, "test": 4})
+    for f in sorted((root / "train" / "NORMAL").iterdir())[1:]:  # one NORMAL image left in train/
+        f.unlink()
+    ds = data.scan(root)
+    with pytest.raises(UserError, match=r"the target split left its train part \(train/ less the holdout\) with no "
+                                        r"NORMAL image \(20 images in it\): the dataset \(41 readable images: 9 "
+                                        r"NORMAL, 32 PNEUMONIA\) is too small for this split, and every part needs "
+                                        r"both classes"):
+        data.make_split(ds, "target")
+    with pytest.raises(UserError, match="the patient split left its train part .* with no NORMAL image"):
+        data.make_split(ds, "patient")
+    split = data.make_split(ds, "report")  # stratified by image: the one image goes somewhere, the others elsewhere
+    assert all(set(ds.labels[idx].tolist()) == {0, 1} for idx in split.values())
 
 
 def test_data_limit_keeps_a_stratified_subset(tmp_path):
@@ -242,7 +268,7 @@ def test_non_utf8_file_name_is_read_fingerprinted_and_shown_escaped(dataset, cac
     assert rel in ds2.files and not ds2.unreadable and len(images) == 65
     assert np.array_equal(images[ds2.files.index(rel)], data.read_image(src, 24))
     text, ok = check_dataset(str(dataset))
-    assert ok and "unreadable or truncated images: 0" in text
+    assert ok and "unreadable, truncated or too large images: 0" in text
     text.encode("utf-8")  # printable
 
 
@@ -292,6 +318,10 @@ def test_results_folder_is_checked_before_any_work(dataset, tmp_path):
         cache.check_results_folder(blocker / "runs")
     fresh = tmp_path / "new" / "runs"
     assert cache.check_results_folder(fresh) == fresh and not fresh.exists()  # checked, not created
+    assert sorted(tmp_path.iterdir()) == [blocker, dataset]  # the probe left nothing behind
+    # a folder whose permission bits allow writing, in a file system that refuses it
+    with pytest.raises(UserError, match=r"--results folder /proc/x cannot be created: nothing can be made in /proc"):
+        run.run_search("spaces/report.py", str(dataset), results_dir="/proc/x")
 
 
 @pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root can write into a read-only folder")

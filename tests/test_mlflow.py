@@ -70,6 +70,37 @@ def test_a_tracking_uri_mlflow_cannot_use_is_a_user_error():
         tracking.mlflow_uri("nosuch://host")
 
 
+@needs_mlflow
+def test_an_mlflow_server_that_does_not_answer_is_a_user_error_before_any_work(tmp_path, capsys):
+    import http.server
+    import threading
+    import time
+
+    from lungsearch import cli
+
+    started = time.time()
+    with pytest.raises(UserError, match=r"--mlflow http://127.0.0.1:1: no MLflow server answers there \(.*refused"):
+        tracking.mlflow_uri("http://127.0.0.1:1")
+    args = ["run", "spaces/report.py", "--data", str(tmp_path), "--results", str(tmp_path / "results")]
+    assert cli.main([*args, "--mlflow", "http://127.0.0.1:1"]) == 2
+    assert "no MLflow server answers there" in capsys.readouterr().err and not (tmp_path / "results").exists()
+    assert time.time() - started < 30
+
+    class Health(http.server.BaseHTTPRequestHandler):  # a server that answers, if only with an error status
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.HTTPServer(("127.0.0.1", 0), Health) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        assert tracking.mlflow_uri(uri) == uri
+        server.shutdown()
+
+
 def test_without_mlflow_the_flag_says_how_to_install_it(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))

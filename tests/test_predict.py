@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import make_dataset, truncate
+from conftest import make_dataset, truncate, write_image, xray
 from lungsearch import predict
 from lungsearch.config import UserError
 
@@ -65,6 +65,36 @@ def test_a_folder_passed_as_image_or_model_says_it_is_a_folder(model_file, tmp_p
     assert "file not found" not in err and "evaluate" in err
     with pytest.raises(UserError, match=f"model {tmp_path} is a folder; pass a .keras file"):
         predict.load(tmp_path)
+    images = make_dataset(tmp_path / "data", {"test": 1})
+    assert predict.predict(model_file, [str(images / "test" / "NORMAL")]) == 1
+    hint = f"lungsearch evaluate MODEL --data {images / 'test'}`"
+    assert hint in capsys.readouterr().err
+    assert predict.evaluate(model_file, str(images / "test")) == 0  # the hint works
+
+
+def test_a_bad_card_and_a_foreign_model_are_user_errors(model_file, tmp_path, capsys):
+    from lungsearch import cli
+
+    model = copy_model(model_file, tmp_path / "run")
+    card = tmp_path / "run" / "best_model.json"
+    image = tmp_path / "IM-0001-0001.png"
+    write_image(image, xray(0, np.random.default_rng(0)), "grey")
+    for bad, found in [({"threshold": "high"}, "'high'"), ({"threshold": 7}, "7"), ({"threshold": True}, "True")]:
+        card.write_text(json.dumps({"model": "best_model.keras", "image_size": 8, **bad}))
+        for given in (model, card):
+            assert cli.main(["predict", str(given), str(image)]) == 2
+            err = capsys.readouterr().err
+            assert f"bad model card {card}: its threshold must be a number in [0, 1], got {found}" in err, err
+    card.write_text(json.dumps({"members": ["best_model.keras"]}))
+    with pytest.raises(UserError, match="bad model card .*'members' must be a list of objects"):
+        predict.load(card)
+
+    foreign = tmp_path / "imagenet_like.keras"  # three colour channels in, two classes out
+    keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]).save(foreign)
+    assert cli.main(["predict", str(foreign), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert (f"model {foreign} is not a lungsearch model: it takes (None, 8, 8, 3) and gives (None, 2), where a "
+            f"lungsearch model takes square greyscale images (None, S, S, 1)") in err and "Traceback" not in err
 
 
 def test_a_card_for_another_input_size_is_refused(model_file, tmp_path):

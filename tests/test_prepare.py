@@ -163,3 +163,20 @@ def test_other_inputs_say_what_to_pass(download, tmp_path):
     with pytest.raises(UserError, match=r"holds no images in part/class folders: .*found 1 image\(s\) elsewhere"):
         prepare.prepare(flat, tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_a_symbolic_link_member_is_skipped_and_named_as_one(tmp_path, capsys):
+    files = source_files(make_dataset(tmp_path / "src", PARTS))
+    archive = tmp_path / "linked.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for rel, content in files.items():
+            z.writestr(rel, content)
+        link = zipfile.ZipInfo("train/NORMAL/IM-9999-0001.jpeg")
+        link.external_attr = 0o120777 << 16  # a symbolic link, as `zip --symlinks` stores one
+        z.writestr(link, "/etc/passwd")
+    dest = tmp_path / "data"
+    assert cli.main(["data", "prepare", str(archive), str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped: 1 symbolic link(s)" in out and "dot files" not in out
+    assert not (dest / "train" / "NORMAL" / "IM-9999-0001.jpeg").exists()
+    assert json.loads((dest / prepare.MARKER).read_text())["skipped"]["links"] == 1

@@ -183,6 +183,20 @@ def test_evaluate_and_predict_the_best_model_on_unseen_images(run, tmp_path):
     assert "cannot read" in out.stderr and "cut.jpeg" in out.stderr and "missing.png" in out.stderr
 
 
+def test_a_fixed_point_whose_model_is_gone_is_named_not_called_not_run(run, tmp_path):
+    run_dir, _ = run
+    copy = Path(shutil.copytree(run_dir, tmp_path / run_dir.name))
+    trials = pd.read_csv(copy / "trials.csv", keep_default_na=False)
+    base = trials.loc[trials["fixed_point"] == "base", "trial"].iloc[0]
+    (copy / "checkpoints" / base / "model.keras").unlink()
+    out = lungsearch("report", copy, "--top", 1, "--ensemble", 0)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (f"warning: fixed point base ({base}) finished, but its model {copy / 'checkpoints' / base / 'model.keras'} "
+            f"is missing: it is left out of Table 1") in out.stdout
+    [row] = [line for line in (copy / "report.md").read_text().splitlines() if line.startswith("| base |")]
+    assert "no saved model" in row and "not run" not in row
+
+
 def test_parts_are_the_same_images_at_every_input_size(run):
     run_dir, _ = run
     rdata = analysis.RunData(analysis.load_run(run_dir), log=lambda *_: None)

@@ -37,10 +37,27 @@ def check_run_folder(out, fixed=("base", "bn_aug", "bn_aug_dropout")):
     return run_dir, manifest, trials
 
 
+def taken_run_folders(results: Path, name: str, seconds: int) -> list[Path]:
+    """Run folders of another run of `name`, one for each second from now on, each holding a file: whenever this
+    run makes its folder, one of that name (same space, same second) exists already."""
+    now, made = time.time(), []
+    for second in range(seconds):
+        folder = results / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now + second))}-{name}"
+        folder.mkdir(parents=True)
+        (folder / "trials.csv").write_text("another run's results\n")
+        made.append(folder)
+    return made
+
+
 def test_report_space_runs_the_three_models_through_ray(dataset, cache_dir, tmp_path):
+    taken = taken_run_folders(tmp_path / "results", "report-smoke", 400)
     out = lungsearch("run", "spaces/report.py", "--data", dataset, "--smoke", "--max-epochs", 2, "--cpus-per-trial", 1,
                      "--results", tmp_path / "results")
     run_dir, manifest, trials = check_run_folder(out)
+    # the run's name was taken (the same space, started the same second): it made NAME-2, and the other is intact
+    assert run_dir.name.endswith("-report-smoke-2") and run_dir.parent / run_dir.name[:-2] in taken
+    assert all((f / "trials.csv").read_text() == "another run's results\n" for f in taken)
+    assert len(list((tmp_path / "results").iterdir())) == len(taken) + 1
     # the dataset has test/, so the default split resolves to target
     assert manifest["settings"]["split"] == "target" and manifest["split_requested"] == "auto"
     assert manifest["smoke"] is True and manifest["asha"]["metric"] == "objective"
@@ -48,6 +65,23 @@ def test_report_space_runs_the_three_models_through_ray(dataset, cache_dir, tmp_
     assert (trials["epochs_run"] <= 2).all()
     assert "search: 0 sampled trial(s) + 3 fixed point(s)" in out.stdout
     assert len(list((run_dir / "checkpoints").glob("*/model.keras"))) == 3
+
+
+def test_a_run_folder_is_always_new_and_an_unusable_results_folder_is_named(tmp_path):
+    from lungsearch.config import UserError
+    from lungsearch.run.folder import new_run_folder
+
+    results = tmp_path / "results"
+    other = results / "20260101-120000-ablation"
+    other.mkdir(parents=True)
+    (other / "manifest.json").write_text("{}")
+    made = [new_run_folder(results, "20260101-120000-ablation") for _ in range(2)]
+    assert [f.name for f in made] == ["20260101-120000-ablation-2", "20260101-120000-ablation-3"]
+    assert all(f.is_dir() and not list(f.iterdir()) for f in made)
+    assert (other / "manifest.json").read_text() == "{}"
+    with pytest.raises(UserError, match=r"cannot make a run folder in --results folder /proc/x \(.*\): pass "
+                                        r"--results with a folder you can write to"):
+        new_run_folder(Path("/proc/x"), "20260101-120000-ablation")
 
 
 def test_missing_data_says_how_to_get_it(tmp_path):
@@ -108,6 +142,10 @@ def write_space(tmp_path, settings: str) -> Path:
     ("{}", ["--gpus-per-trial", "-3"], r"--gpus-per-trial must be -1 .*got -3.0"),
     ("{}", ["--num-samples", "0", "--no-fixed-points"],
      r"nothing to run: no sampled trials \(--num-samples 0\) and no fixed points \(--no-fixed-points\)"),
+    ("{}", ["--num-samples", "4"], r"--num-samples 4 asks for sampled trials, but space file .*myspace.py declares "
+                                   r"no parameter to search \(no `hp` declarations\), so every sampled trial would be "
+                                   r"the report's base model again"),
+    ("{'num_samples': 3}", [], r"num_samples: 3 in SETTINGS of .*myspace.py asks for sampled trials"),
     ("{'fixed_points': False}", [],
      r"nothing to run: .*\(the default num_samples 0\).*\(fixed_points: False in SETTINGS of .*myspace.py\)"),
 ])
@@ -119,6 +157,21 @@ def test_bad_settings_fail_before_ray_naming_the_file_or_flag(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert re.search(message, err), err
     assert "Traceback" not in err and not (tmp_path / "results").exists()
+
+
+def test_a_grace_period_that_leaves_asha_no_rung_is_warned_about(capsys):
+    from lungsearch import space as spaces
+    from lungsearch.run.settings import check_sampled_trials, resolve_settings
+
+    ablation = spaces.load("ablation")
+    for flags, warned in [({"grace_period": 10, "max_epochs": 2}, True), ({"grace_period": 2, "max_epochs": 2}, True),
+                          ({"grace_period": 1, "max_epochs": 2}, False),
+                          ({"grace_period": 10, "max_epochs": 2, "num_samples": 0}, False)]:  # fixed points only
+        check_sampled_trials(ablation, resolve_settings(ablation, flags, smoke=False), flags)
+        err = capsys.readouterr().err
+        assert ("ASHA can never stop a trial early" in err) == warned, (flags, err)
+        if flags["grace_period"] == 10 and warned:
+            assert err.startswith("warning: --grace-period (grace_period) 10 is not below --max-epochs (max_epochs) 2")
 
 
 def test_dead_cluster_addresses_fail_in_seconds_without_a_run_folder(tmp_path, capsys, monkeypatch):
@@ -286,3 +339,34 @@ def test_report_and_resume_say_the_same_of_half_made_run_folders(tmp_path, capsy
     resumed = []
     monkeypatch.setattr(search, "execute", lambda *args, **kwargs: resumed.append(args) or resumable)
     assert search.resume_search(resumable) == resumable and resumed == [(resumable, None)]
+
+
+def test_resume_refuses_data_that_changed_since_the_run_started(tmp_path, capsys, monkeypatch):
+    """Before Ray starts: a changed image and a deleted one give the data folder another fingerprint."""
+    from lungsearch import cli, data
+    from lungsearch.run import search
+
+    from conftest import make_dataset
+
+    images = make_dataset(tmp_path / "xrays", {"train": 3, "test": 2})
+    run_dir = half_made_run(tmp_path, "saved", ["tuner.pkl", "experiment_state-2026-01-02_03-04-06.json"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    before = data.scan(images).fingerprint
+    manifest["data"] = {"dir": str(images), "fingerprint": before}
+    manifest["run_constants"] = {"data_dir": str(images)}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    resumed = []
+    monkeypatch.setattr(search, "execute", lambda *args, **kwargs: resumed.append(kwargs["dataset"]) or run_dir)
+    assert search.resume_search(run_dir) == run_dir and resumed[0].fingerprint == before  # unchanged: resumed
+
+    first, second = sorted((images / "train" / "NORMAL").iterdir())[:2]
+    first.write_bytes(second.read_bytes())
+    second.unlink()
+    after = data.scan(images).fingerprint
+    assert cli.main(["resume", str(run_dir)]) == 2 and len(resumed) == 1
+    err = capsys.readouterr().err
+    assert (f"cannot resume {run_dir}: its data folder {images} has changed since the run started (fingerprint now "
+            f"{after}, the run's {before} in manifest.json)") in err
+    assert "Put the run's images back, or start a new run on the changed data: `python -m lungsearch run" in err
+    assert cli.main(["resume", str(run_dir / "manifest.json")]) == 2
+    assert f"{run_dir / 'manifest.json'} is a file, not a run folder" in capsys.readouterr().err

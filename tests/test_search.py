@@ -209,8 +209,10 @@ def test_fixed_points_first_saves_the_inner_searcher_inside_its_one_file(tmp_pat
         searcher().restore(str(tmp_path / "old.pkl"))
 
 
-def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path, dataset, cache_dir):
-    """Ctrl-C stops Tune gracefully and fit() returns normally: the run must still not look finished."""
+@pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_exits_130_or_143_and_says_how_to_resume(tmp_path, dataset, cache_dir, stop, code):
+    """Ctrl-C stops Tune gracefully and fit() returns normally: the run must still not look finished. SIGTERM, what
+    a batch scheduler sends at a job's time limit, does the same, with its own exit status."""
     results = tmp_path / "results"
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         driver = subprocess.Popen([sys.executable, "-m", "lungsearch", "run", "spaces/report.py", "--data",
@@ -219,10 +221,10 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path, dataset, cache_dir):
         deadline = time.time() + 300
         while time.time() < deadline and driver.poll() is None and "of 3 |" not in (tmp_path / "out").read_text():
             time.sleep(0.2)  # until the search runs: the first progress line
-        driver.send_signal(signal.SIGINT)
+        driver.send_signal(stop)
         driver.wait(timeout=300)
     stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
-    assert driver.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    assert driver.returncode == code, stdout[-3000:] + stderr[-3000:]
     [run_dir] = results.iterdir()
     assert f"python -m lungsearch resume {run_dir}" in stderr and "Tuner.restore" not in stdout + stderr
     assert stdout.strip().splitlines()[-1] != str(run_dir)

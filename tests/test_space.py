@@ -125,6 +125,8 @@ def write_space(tmp_path, body):
      "hp.Float('learning_rate', 1e-4, 1e-2, sampling='reverse_log')\n",
      r"learning_rate: Float with sampling='reverse_log' has no Ray Tune equivalent"),
     ("raise RuntimeError('oops')\n", r"myspace.py, line 1 raised RuntimeError: oops"),
+    ("import sys\nsys.exit(0)\n", r"myspace.py, line 2 exits \(SystemExit 0\); a space file only declares"),
+    ("exit('bye')\n", r"myspace.py, line 1 exits \(SystemExit 'bye'\)"),
     ("SETTINGS = {'reduction_factor': 1}\n", r"SETTINGS of .*myspace.py: reduction_factor must be at least 2"),
 ])
 def test_malformed_space_files_are_named_before_any_trial(tmp_path, body, message):

@@ -2,8 +2,10 @@
 and GPUs each trial asks of it."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -16,6 +18,8 @@ from .progress import quiet_ray
 
 ENV_PASSED = ("KERAS_BACKEND", "XLA_PYTHON_CLIENT_PREALLOCATE", "TF_FORCE_GPU_ALLOW_GROWTH", "TF_CPP_MIN_LOG_LEVEL",
               "LUNGSEARCH_CACHE")
+LOOPBACK = "127.0.0.1"
+CLUSTERS_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's own switch: 0 keeps every Ray process on this machine
 PROBE_TIMEOUT_S = 5.0  # a cluster's GCS port must accept a connection this fast
 CONNECT_TIMEOUT_S = 120.0  # ray.init on a cluster (LUNGSEARCH_CONNECT_TIMEOUT_S): Ray itself retries forever
 
@@ -128,7 +132,7 @@ def connect(address: str | None) -> None:
     logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
     quiet_ray()  # Ray's notices (its token authentication warning among them) go to the run folder's ray.log
     # Without an address, always a new private instance on loopback: never one that `ray start` left running.
-    local = {} if target else {"_node_ip_address": "127.0.0.1"}
+    local = {} if target else {"_node_ip_address": LOOPBACK}
     watchdog = None
     if target:  # the port answered, but a port that is not a Ray cluster's would keep ray.init waiting forever
         limit = float(os.environ.get("LUNGSEARCH_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
@@ -136,13 +140,61 @@ def connect(address: str | None) -> None:
         watchdog.daemon = True
         watchdog.start()
     try:
-        ray.init(address=target or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, runtime_env={"env_vars": env}, **local)
+        with sigterm_handler_kept(), contextlib.nullcontext() if target else loopback_only():
+            ray.init(address=target or "local", include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING, runtime_env={"env_vars": env}, **local)
     except ConnectionError as err:
         raise UserError(f"--address {address}: could not join the Ray cluster at {target}: {err}") from None
     finally:
         if watchdog:
             watchdog.cancel()
+    if not target and node_address() != LOOPBACK:  # a Ray version whose switch works otherwise: do not hide it
+        print(f"warning: the local Ray instance listens on {node_address()}, not on {LOOPBACK} only: its ports run "
+              f"any code sent to them; keep them behind a firewall", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def sigterm_handler_kept():
+    """ray.init replaces the SIGTERM handler with one that exits at once: put back the one found (`run` and
+    `resume` stop a search on SIGTERM as on Ctrl-C, so that it can be resumed)."""
+    main = threading.current_thread() is threading.main_thread()
+    found = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if found is not None:
+            signal.signal(signal.SIGTERM, found)
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """While a private local Ray instance starts: keep its node address 127.0.0.1, so that its GCS, raylet, agents,
+    workers and this driver listen on the loopback interface only (they run any code sent to them).
+
+    ray.init turns a loopback `_node_ip_address` into the machine's reachable address
+    (`services.resolve_ip_for_localhost`), and a node on that address listens on every interface, unless Ray
+    takes multi-node clusters to be off, as on Windows and macOS. Its switch for that,
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, is read when Ray is imported, so the constant it sets is switched off here
+    too; the processes ray.init starts inherit the variable. Both are put back afterwards: a later `--address`
+    connection is a cluster's."""
+    from ray._private import ray_constants
+
+    saved_env, saved = os.environ.get(CLUSTERS_SWITCH), getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    os.environ[CLUSTERS_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(CLUSTERS_SWITCH, None)
+        else:
+            os.environ[CLUSTERS_SWITCH] = saved_env
+
+
+def node_address() -> str:
+    """The address the connected Ray node listens on (127.0.0.1 for a private local instance)."""
+    return ray.util.get_node_ip_address()
 
 
 def gave_up_connecting(address: str, target: str, limit: float) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import itertools
 import os
 import shlex
 import sys
@@ -12,9 +13,27 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .. import space as spaces, store
-from ..config import OBJECTIVE, OBJECTIVE_MODE, OBJECTIVE_TEXT, SMOKE, SearchSettings, UserError, count
+from .. import data, space as spaces, store
+from ..config import OBJECTIVE, OBJECTIVE_MODE, OBJECTIVE_TEXT, SMOKE, SearchSettings, UserError, count, shown
 from .settings import flag, resolve_settings
+
+
+def new_run_folder(results_dir: Path, name: str) -> Path:
+    """A new, empty folder results_dir/name made by this call; NAME-2, NAME-3, ... when NAME is taken (two runs
+    of one space started in the same second). Never an existing folder: a run that fails removes only what it
+    made. A folder that cannot be made is a UserError naming it."""
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            run_dir = results_dir / (name if n == 1 else f"{name}-{n}")
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                continue
+    except OSError as err:
+        raise UserError(f"cannot make a run folder in --results folder {shown(results_dir)} "
+                        f"({err.strerror or err}): pass --results with a folder you can write to") from None
 
 
 def write_run_folder(run_dir: Path, space: spaces.Space, settings: SearchSettings, smoke: bool, data_dir: Path,
@@ -54,6 +73,9 @@ def run_folder_problem(run_dir: Path) -> str | None:
     """Why `resume` and `report` cannot use run_dir, in the words both print: no such folder, no manifest (not a
     run folder), or a search that stopped before Ray Tune saved any state (it cannot be resumed: start it again,
     with the `run` command given). None for a finished run (trials.csv) or one `resume` can finish."""
+    if run_dir.is_file():
+        return (f"{run_dir} is a file, not a run folder; pass the folder `lungsearch run` printed last (the one "
+                f"holding manifest.json)")
     if not run_dir.is_dir():
         return f"run folder {run_dir} does not exist; pass the folder `lungsearch run` printed last"
     if not (run_dir / "manifest.json").is_file():
@@ -66,6 +88,28 @@ def run_folder_problem(run_dir: Path) -> str | None:
             f"{run_dir / 'ray'} (manifest: status {manifest.get('status', 'unknown')!r}, started "
             f"{manifest.get('started', '?')}), so it cannot be resumed and there is nothing to report. Start it "
             f"again with `{rerun_command(run_dir, manifest)}`")
+
+
+def unchanged_data(run_dir: Path) -> data.Dataset | None:
+    """The run's data folder, scanned, while it holds the images the run started on (the manifest's fingerprint);
+    None for a manifest that records no fingerprint. Changed data is a UserError naming both fingerprints: a
+    resumed search would train its unfinished trials on other images than its finished ones."""
+    manifest = store.read_json(run_dir / "manifest.json")
+    want = (manifest.get("data") or {}).get("fingerprint")
+    if not want:
+        return None
+    folder = manifest.get("run_constants", {}).get("data_dir") or manifest["data"].get("dir")
+    try:
+        ds = data.scan(folder)
+    except UserError as err:
+        raise UserError(f"cannot resume {run_dir}: its data folder cannot be read ({err}); put the run's data back "
+                        f"at {shown(folder)}") from None
+    if ds.fingerprint != want:
+        raise UserError(f"cannot resume {run_dir}: its data folder {shown(folder)} has changed since the run started "
+                        f"(fingerprint now {ds.fingerprint}, the run's {want} in manifest.json), so its unfinished "
+                        f"trials would train on other images than its finished ones. Put the run's images back, or "
+                        f"start a new run on the changed data: `{rerun_command(run_dir, manifest)}`")
+    return ds
 
 
 def rerun_command(run_dir: Path, manifest: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
-"""(No Ray.) How a search ended: finished, every trial failed, or interrupted (Ctrl-C), and the exception that
-tells the command line which, with its exit status."""
+"""(No Ray.) How a search ended: finished, every trial failed, or interrupted (Ctrl-C, SIGTERM), and the exception
+that tells the command line which, with its exit status."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,6 +17,47 @@ class SearchIncomplete(Exception):
     def __init__(self, message: str, exit_code: int, run_dir: Path | None = None):
         super().__init__(message)
         self.exit_code, self.run_dir = exit_code, run_dir
+
+
+SIGTERM_EXIT = 143  # 128 + SIGTERM, as a shell reports a job the signal ended; Ctrl-C's is 130
+TERMINATED = threading.Event()  # a SIGTERM arrived
+
+
+def sigterm_as_ctrl_c() -> None:
+    """Make SIGTERM, what a batch scheduler sends at a job's time limit, stop a search as Ctrl-C does: Tune saves
+    its state and stops, the manifest says "interrupted" and `resume` finishes the search. (Ray's own handler exits
+    at once and leaves the manifest "running": cluster.connect keeps this one.) Main thread only: signals go there."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+@contextlib.contextmanager
+def sigterm_stops_search():
+    """While a command runs a search: SIGTERM stops it as Ctrl-C does (`sigterm_as_ctrl_c`), and TERMINATED
+    says whether one came. The handler found is put back afterwards."""
+    TERMINATED.clear()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    sigterm_as_ctrl_c()
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def on_sigterm(signum, frame) -> None:
+    TERMINATED.set()
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):  # Tune's during fit(), InterruptWatch's after it, else Python's: KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+def exit_code(code: int) -> int:
+    """The exit status of a command that ended with `code`: an interruption (130) by SIGTERM is SIGTERM_EXIT."""
+    return SIGTERM_EXIT if code == 130 and TERMINATED.is_set() else code
 
 
 def search_status(results, total: int | None, interrupted: bool, budget_spent: bool = False) -> str:

@@ -18,11 +18,11 @@ from ..config import OBJECTIVE, OBJECTIVE_MODE, SearchSettings, UserError, count
 from . import budget
 from .budget import Budget
 from .cluster import cluster_address, cluster_totals, connect, resources
-from .folder import print_split, print_table, run_folder_problem, write_run_folder
+from .folder import new_run_folder, print_split, print_table, run_folder_problem, unchanged_data, write_run_folder
 from .outcome import InterruptWatch, SearchIncomplete, search_status
 from .progress import RAY_LOG_HANDLER, Progress, trial_name
 from .searchers import FixedPointASHA, build_trials, searcher
-from .settings import data_dir_from, resolve_settings
+from .settings import check_machine, check_sampled_trials, data_dir_from, resolve_settings
 from .tracking import mlflow_callback, mlflow_uri
 from .trial import trainable
 
@@ -43,11 +43,13 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
     space = spaces.load(space_path)
     spaces.check_defaults(space, {"split": "target"})  # before the data is read; again below with the real split
     settings = resolve_settings(space, overrides, smoke)
+    check_sampled_trials(space, settings, overrides)
     data_dir = data_dir_from(data_arg)
     if address:
         cluster_address(address)  # a dead address fails in seconds, before the data is read
     cache_dir = data.default_cache_dir()
     scanned = data.scan(data_dir)  # once: the trials get this instead of hashing every image again
+    check_machine(settings, len(scanned.files), address)
     ds, _ = data.load(data_dir, settings.image_size, cache_dir, dataset=scanned)
     requested_split = settings.split
     settings = settings.replace(split=data.resolve_split(ds, settings.split))
@@ -62,12 +64,12 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
     try:
         resources(settings)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(results_dir).expanduser().resolve() / f"{stamp}-{space.name}{'-smoke' if smoke else ''}"
-        run_dir.mkdir(parents=True, exist_ok=False)
+        run_dir = new_run_folder(Path(results_dir).expanduser().resolve(),
+                                 f"{stamp}-{space.name}{'-smoke' if smoke else ''}")
         write_run_folder(run_dir, space, settings, smoke, data_dir, cache_dir, ds, requested_split, summary)
     except BaseException:  # a failure (or Ctrl-C) before the search: no Ray left running, no half-made run folder
         ray.shutdown()
-        if run_dir is not None and run_dir.is_dir():
+        if run_dir is not None and run_dir.is_dir():  # set only once this run made the folder: never another's
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     print(f"run folder: {run_dir}", flush=True)
@@ -76,12 +78,13 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
 
 def resume_search(run_dir: str | Path, address: str | None = None) -> Path:
     """Finish an interrupted search to its planned size; finished trials are kept, not rerun. A folder that
-    cannot be resumed is a UserError (before Ray starts) in the words `report` uses for it."""
+    cannot be resumed is a UserError (before Ray starts) in the words `report` uses for it, and so is a data
+    folder that changed since the run started."""
     run_dir = Path(run_dir).expanduser().resolve()
     problem = run_folder_problem(run_dir)
     if problem:
         raise UserError(problem)
-    return execute(run_dir, address, restore=True)
+    return execute(run_dir, address, restore=True, dataset=unchanged_data(run_dir))
 
 
 def fidelity_text(settings: SearchSettings) -> str:

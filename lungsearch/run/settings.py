@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from .. import space as spaces
+from .. import sizes, space as spaces
 from ..config import SMOKE, InvalidValue, SearchSettings, UserError
 
 
@@ -41,6 +42,31 @@ def resolve_settings(space: spaces.Space, overrides: dict[str, Any], smoke: bool
     if settings.searcher == "tpe" and importlib.util.find_spec("optuna") is None:
         raise UserError('--searcher tpe needs Optuna: pip install -e ".[tpe]"')
     return settings
+
+
+def check_sampled_trials(space: spaces.Space, settings: SearchSettings, overrides: dict[str, Any]) -> None:
+    """Refuse sampled trials of a space that declares no parameter: each would be the report's base model again.
+    Warn when ASHA can never stop a sampled trial: a grace period of max_epochs or more leaves it no rung."""
+    if settings.num_samples and settings.grace_period >= settings.max_epochs:
+        print(f"warning: --grace-period (grace_period) {settings.grace_period} is not below --max-epochs (max_epochs) "
+              f"{settings.max_epochs}: ASHA can never stop a trial early (its first rung would be at epoch "
+              f"{settings.grace_period}, and every trial ends by epoch {settings.max_epochs}); set a grace period "
+              f"below {settings.max_epochs} to let it stop weak trials", file=sys.stderr, flush=True)
+    if not settings.num_samples or space.params:
+        return
+    asked = (f"--num-samples {settings.num_samples}" if overrides.get("num_samples") is not None
+             else f"num_samples: {settings.num_samples} in SETTINGS of {space.path}")
+    raise UserError(f"{asked} asks for sampled trials, but space file {space.path} declares no parameter to search "
+                    f"(no `hp` declarations), so every sampled trial would be the report's base model again: "
+                    f"declare parameters (hp = keras_tuner.HyperParameters(); hp.Float(...), as in the bundled "
+                    f"spaces), or run the fixed points only with --num-samples 0")
+
+
+def check_machine(settings: SearchSettings, images: int, address: str | None) -> None:
+    """Refuse an image size at which a trial cannot fit this machine's memory (sizes.check_trial), for a local
+    run: a cluster's trials run on its nodes."""
+    if not address:
+        sizes.check_trial(settings, images)
 
 
 def data_dir_from(arg: str | None) -> Path:
