@@ -143,7 +143,9 @@ class RunData:
         self.consts, self.log, self.manifest = consts, log, run.manifest
         self.arrays: dict[tuple[int, str], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         self.ds, self.images = self.load(int(consts["image_size"]))
-        self.split = data.make_split(self.ds, consts["split"], data.run_split_seed(consts), int(consts["data_limit"]))
+        stored = run.dir / data.SPLIT_FILE
+        self.split = (data.read_split(stored, self.ds) if stored.is_file() else  # runs before split.json: rebuilt
+                      data.make_split(self.ds, consts["split"], data.run_split_seed(consts), int(consts["data_limit"])))
 
     def load(self, size: int, normalize: str = "none") -> tuple[data.Dataset, np.ndarray]:
         # this user's cache ($LUNGSEARCH_CACHE)

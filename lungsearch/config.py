@@ -98,6 +98,7 @@ class TrialConfig:
     # multi-fidelity: train on this share of the training part's patients (stratified, drawn with split_seed, so
     # every trial of a search sees the same images); the search stage's cheap trials, 1 at full fidelity
     data_fraction: float = 1.0
+    split_file: str = ""  # a run's split.json: the trial trains and is judged on the parts it lists
     fixed_point: str = ""  # name of the report model this trial reproduces, empty for sampled trials
     confirms: str = ""  # confirmation stage: the search trial whose configuration this trial retrains
 

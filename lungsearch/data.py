@@ -6,6 +6,7 @@ disk, and `make_split` (with the protocols it names) splits the dataset into par
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections import Counter
@@ -402,6 +403,59 @@ def training_share(ds: Dataset, train: np.ndarray, fraction: float, seed: int) -
         if not (ds.labels[train[keep]] == c).any() and (ds.labels[train] == c).any():
             keep[np.flatnonzero(ds.labels[train] == c)[0]] = True
     return np.sort(train[keep])
+
+
+SPLIT_FILE = "split.json"  # in the run folder: every part's files and content hashes, written once by the driver
+SPLIT_FORMAT = 1
+
+
+def split_record(ds: Dataset, split: dict[str, np.ndarray], protocol: str, split_seed: int,
+                 shares: tuple[float, ...] = ()) -> dict:
+    """What split.json holds: each part's files (relative to the data folder) with their sha1, and each training
+    share (multi-fidelity) of the train part, so that trials, reports and checks use these very images rather
+    than a split drawn again from the seed (NumPy promises the same stream only on the same build)."""
+    def listed(idx: np.ndarray) -> list[list[str]]:
+        return [[ds.files[i], ds.hashes[i]] for i in idx]
+
+    return {"format_version": SPLIT_FORMAT, "protocol": protocol, "split_seed": split_seed,
+            "fingerprint": ds.fingerprint, "parts": {part: listed(idx) for part, idx in split.items()},
+            "train_shares": {repr(float(f)): listed(training_share(ds, split["train"], f, split_seed))
+                             for f in shares if f < 1}}
+
+
+def write_split(path: str | Path, record: dict) -> None:
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+
+
+def indices_of(ds: Dataset, entries: list[list[str]], path: str | Path) -> np.ndarray:
+    """The indices in `ds` of split.json's [file, sha1] entries; a file missing or changed since is a UserError
+    naming it, never a silent rebuild."""
+    index = {f: i for i, f in enumerate(ds.files)}
+    missing = [f for f, _ in entries if f not in index]
+    changed = [f for f, h in entries if f in index and ds.hashes[index[f]] != h]
+    if missing or changed:
+        what = "; ".join(f"{len(v)} {w} (e.g. {shown(v[0])})" for v, w in ((missing, "missing or unreadable"),
+                                                                           (changed, "changed")) if v)
+        raise UserError(f"{shown(path)} lists images of {shown(ds.root)} that are not as the run found them: {what}. "
+                        f"The run's parts cannot be used as they were; point --data at the dataset the run used")
+    return np.sort(np.array([index[f] for f, _ in entries], dtype=int))
+
+
+def read_split(path: str | Path, ds: Dataset, fraction: float = 1.0) -> dict[str, np.ndarray]:
+    """The parts split.json lists, as indices of `ds` (the train part cut to its recorded `fraction` share)."""
+    try:
+        record = json.loads(Path(path).read_text())
+        parts = record["parts"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"cannot read the run's split {shown(path)} ({err}); it is written when the run starts") from None
+    split = {part: indices_of(ds, entries, path) for part, entries in parts.items()}
+    if fraction < 1:
+        share = record.get("train_shares", {}).get(repr(float(fraction)))
+        split["train"] = (indices_of(ds, share, path) if share is not None
+                          else training_share(ds, split["train"], fraction, int(record.get("split_seed", 0))))
+    return split
 
 
 def run_split_seed(run_constants: dict) -> int:

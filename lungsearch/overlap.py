@@ -69,6 +69,16 @@ def run_dataset(manifest: dict[str, Any], evaluated: data.Dataset, root: Path) -
     return None
 
 
+def stored_parts(path: Path) -> dict[str, str] | None:
+    """The part of each image content hash in a run's split.json (an image in two parts counts in the last of
+    test, holdout, val, train); None without a readable split.json."""
+    try:
+        parts = json.loads(path.read_text())["parts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {h: part for part in ("test", "holdout", "val", "train") for _, h in parts.get(part, [])}
+
+
 def training_overlap(source: Path, card: dict[str, Any], scored: list[str], evaluated: data.Dataset,
                      root: Path) -> None:
     """Say how many of the scored images (content hashes of `evaluated`, the dataset folder `root` or its test/
@@ -81,20 +91,19 @@ def training_overlap(source: Path, card: dict[str, Any], scored: list[str], eval
     manifest, where = run_manifest(source, card)
     if manifest is None:
         return unchecked(where)
-    consts = manifest["run_constants"]
-    ds = run_dataset(manifest, evaluated, root)
-    if ds is None:
-        return unchecked(f"the run's dataset {data.shown(consts.get('data_dir'))} (fingerprint "
-                         f"{(manifest.get('data') or {}).get('fingerprint')}) is not there or has changed, so its "
-                         f"split cannot be rebuilt")
-    try:
-        split = data.make_split(ds, consts["split"], data.run_split_seed(consts), int(consts.get("data_limit", 0)))
-    except (UserError, KeyError, ValueError) as err:
-        return unchecked(f"the run's split cannot be rebuilt ({err})")
-    part_of: dict[str, str] = {}
-    for part in ("test", "holdout", "val", "train"):  # an image in two parts counts in the first of train, val, ...
-        for i in split.get(part, []):
-            part_of[ds.hashes[i]] = part
+    part_of = stored_parts(Path(where) / data.SPLIT_FILE)
+    if part_of is None:  # a run from before split.json: its split drawn again from the seed
+        consts = manifest["run_constants"]
+        ds = run_dataset(manifest, evaluated, root)
+        if ds is None:
+            return unchecked(f"the run's dataset {data.shown(consts.get('data_dir'))} (fingerprint "
+                             f"{(manifest.get('data') or {}).get('fingerprint')}) is not there or has changed, so its "
+                             f"split cannot be rebuilt")
+        try:
+            split = data.make_split(ds, consts["split"], data.run_split_seed(consts), int(consts.get("data_limit", 0)))
+        except (UserError, KeyError, ValueError) as err:
+            return unchecked(f"the run's split cannot be rebuilt ({err})")
+        part_of = {ds.hashes[i]: part for part in ("test", "holdout", "val", "train") for i in split.get(part, [])}
     counts = {part: sum(part_of.get(h) == part for h in scored) for part in ("train", "val", "holdout", "test")}
     configs = [m.get("config") or {} for m in card.get("members") or [card]]
     holdout_selected = any(c.get("early_stop_on") == "holdout" for c in configs)

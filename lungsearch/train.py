@@ -100,8 +100,11 @@ def trial_data(cfg: TrialConfig, dataset: data.Dataset | None = None) -> tuple[n
         LOADED[key] = data.load(ds.root, cfg.image_size, cfg.cache_dir or None, normalize=cfg.normalize,
                                 dataset=ds)
     ds, images = LOADED[key]
-    split = data.make_split(ds, cfg.split, seed=cfg.split_seed, data_limit=cfg.data_limit)
-    split["train"] = data.training_share(ds, split["train"], cfg.data_fraction, cfg.split_seed)
+    if cfg.split_file:  # the run's parts as the driver wrote them
+        split = data.read_split(cfg.split_file, ds, cfg.data_fraction)
+    else:
+        split = data.make_split(ds, cfg.split, seed=cfg.split_seed, data_limit=cfg.data_limit)
+        split["train"] = data.training_share(ds, split["train"], cfg.data_fraction, cfg.split_seed)
     parts = {p: data.arrays(images, ds, idx) for p, idx in split.items()}
     x_train, y_train = parts.pop("train")
     return x_train, y_train, parts

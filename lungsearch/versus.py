@@ -210,6 +210,8 @@ def prepare(space_path, data_arg, results_dir, smoke: bool, budget: Budget, over
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = new_run_folder(Path(results_dir).expanduser().resolve(),
                             f"{stamp}-versus-{space.name}{'-smoke' if smoke else ''}")
+    data.write_split(folder / data.SPLIT_FILE, data.split_record(ds, split, settings.split, settings.split_seed))
+    base["split_file"] = str(folder / data.SPLIT_FILE)  # every system trains and scores on these very parts
     groups = np.array([ds.patients[i] for i in split["test"]], dtype=object)
     return Race(space, settings, overrides, smoke, data_dir, scanned, ds, base, held, budget, folder, groups)
 

@@ -37,13 +37,17 @@ def new_run_folder(results_dir: Path, name: str) -> Path:
 
 
 def write_run_folder(run_dir: Path, space: spaces.Space, settings: SearchSettings, smoke: bool, data_dir: Path,
-                     cache_dir: Path, ds, requested_split: str, summary: dict) -> None:
-    """The space file and the manifest: everything `resume` and `report` need to know about the run."""
+                     cache_dir: Path, ds, requested_split: str, summary: dict, split: dict) -> None:
+    """The space file, the split (split.json) and the manifest: everything `resume` and `report` need to know
+    about the run."""
     (run_dir / "space.py").write_text(space.source)  # resume reads the space from here
+    data.write_split(run_dir / data.SPLIT_FILE, data.split_record(ds, split, settings.split, settings.split_seed,
+                                                                  (settings.search_fraction,)))
     run_constants = {"data_dir": str(data_dir), "cache_dir": str(cache_dir), "split": settings.split,
                      "image_size": settings.image_size, "max_epochs": settings.stage_epochs,
                      "patience": settings.patience, "seed": settings.seed, "split_seed": settings.split_seed,
-                     "data_limit": settings.data_limit, "data_fraction": settings.search_fraction}
+                     "data_limit": settings.data_limit, "data_fraction": settings.search_fraction,
+                     "split_file": str(run_dir / data.SPLIT_FILE)}
     manifest = {
         "space_file": str(space.path), "space_source": space.source, "space_doc": space.doc,
         "settings": dataclasses.asdict(settings), "smoke": smoke, "run_constants": run_constants,

@@ -66,7 +66,7 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = new_run_folder(Path(results_dir).expanduser().resolve(),
                                  f"{stamp}-{space.name}{'-smoke' if smoke else ''}")
-        write_run_folder(run_dir, space, settings, smoke, data_dir, cache_dir, ds, requested_split, summary)
+        write_run_folder(run_dir, space, settings, smoke, data_dir, cache_dir, ds, requested_split, summary, split)
     except BaseException:  # a failure (or Ctrl-C) before the search: no Ray left running, no half-made run folder
         ray.shutdown()
         if run_dir is not None and run_dir.is_dir():  # set only once this run made the folder: never another's
