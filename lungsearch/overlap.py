@@ -91,9 +91,9 @@ def training_overlap(source: Path, card: dict[str, Any], scored: list[str], eval
     manifest, where = run_manifest(source, card)
     if manifest is None:
         return unchecked(where)
+    consts = manifest["run_constants"]
     part_of = stored_parts(Path(where) / data.SPLIT_FILE)
     if part_of is None:  # a run from before split.json: its split drawn again from the seed
-        consts = manifest["run_constants"]
         ds = run_dataset(manifest, evaluated, root)
         if ds is None:
             return unchecked(f"the run's dataset {data.shown(consts.get('data_dir'))} (fingerprint "
