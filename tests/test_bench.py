@@ -9,39 +9,6 @@ import pytest
 from conftest import REPO
 
 
-def test_bench_prints_a_table_then_one_json_line(dataset, cache_dir):
-    started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "lungsearch", "bench", "--smoke", "--no-search", "--data",
-                          str(dataset)], cwd=REPO, capture_output=True, text=True, timeout=900)
-    elapsed = time.perf_counter() - started
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout.strip().splitlines()
-    figures = json.loads(lines[-1])
-    assert set(figures["per_model"]) == {"base", "bn_aug", "bn_aug_dropout"}
-    assert figures["image_size"] == 48 and 0 < figures["images"] <= 480  # the sizes of run --smoke
-    assert "trials_per_hour" not in figures and "search_efficiency" not in figures
-    # every time is a real measurement: positive, finite, and shorter than the whole command took
-    startup = [figures["trial_startup_cold_s"], figures["trial_startup_warm_s"]]
-    for value in [*startup, *(v for m in figures["per_model"].values() for v in m.values())]:
-        assert math.isfinite(value) and 0 < value < elapsed
-    # the headline figures are the base model's, and the table printed above says the same
-    base = figures["per_model"]["base"]
-    assert (figures["epoch_s"], figures["aug_epoch_s"]) == (base["epoch_s"], base["aug_epoch_s"])
-    table = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines
-             if line.split() and line.split()[0] in figures["per_model"]}
-    assert set(table) == set(figures["per_model"])
-    ratios = []
-    for name, (plain, aug, ratio) in table.items():
-        assert plain == pytest.approx(figures["per_model"][name]["epoch_s"], abs=0.006)
-        assert aug == pytest.approx(figures["per_model"][name]["aug_epoch_s"], abs=0.006)
-        ratios.append(ratio)
-    assert figures["aug_ratio"] == pytest.approx(table["base"][2], abs=0.006)
-    assert figures["aug_ratio_max"] == pytest.approx(max(ratios), abs=0.006)
-    assert figures["aug_ratio"] <= figures["aug_ratio_max"]
-    # a reused worker has Python, Keras and the images loaded: its start-up is the shorter
-    assert figures["trial_startup_warm_s"] < figures["trial_startup_cold_s"]
-
-
 def test_search_efficiency_times_a_sample_and_counts_the_rest_at_its_epoch_weighted_mean(tmp_path, monkeypatch):
     from lungsearch import bench
 
@@ -75,3 +42,36 @@ def test_search_efficiency_times_a_sample_and_counts_the_rest_at_its_epoch_weigh
         epochs[c.learning_rate] for c in timed)
     assert sampled["solo_epoch_s_mean"] == pytest.approx(mean, abs=0.001)
     assert sampled["efficiency"] == pytest.approx(mean * 8 / 20, abs=0.001)
+
+
+def test_bench_prints_a_table_then_one_json_line(dataset, cache_dir):
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "lungsearch", "bench", "--smoke", "--no-search", "--data",
+                          str(dataset)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    elapsed = time.perf_counter() - started
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    figures = json.loads(lines[-1])
+    assert set(figures["per_model"]) == {"base", "bn_aug", "bn_aug_dropout"}
+    assert figures["image_size"] == 48 and 0 < figures["images"] <= 480  # the sizes of run --smoke
+    assert "trials_per_hour" not in figures and "search_efficiency" not in figures
+    # every time is a real measurement: positive, finite, and shorter than the whole command took
+    startup = [figures["trial_startup_cold_s"], figures["trial_startup_warm_s"]]
+    for value in [*startup, *(v for m in figures["per_model"].values() for v in m.values())]:
+        assert math.isfinite(value) and 0 < value < elapsed
+    # the headline figures are the base model's, and the table printed above says the same
+    base = figures["per_model"]["base"]
+    assert (figures["epoch_s"], figures["aug_epoch_s"]) == (base["epoch_s"], base["aug_epoch_s"])
+    table = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines
+             if line.split() and line.split()[0] in figures["per_model"]}
+    assert set(table) == set(figures["per_model"])
+    ratios = []
+    for name, (plain, aug, ratio) in table.items():
+        assert plain == pytest.approx(figures["per_model"][name]["epoch_s"], abs=0.006)
+        assert aug == pytest.approx(figures["per_model"][name]["aug_epoch_s"], abs=0.006)
+        ratios.append(ratio)
+    assert figures["aug_ratio"] == pytest.approx(table["base"][2], abs=0.006)
+    assert figures["aug_ratio_max"] == pytest.approx(max(ratios), abs=0.006)
+    assert figures["aug_ratio"] <= figures["aug_ratio_max"]
+    # a reused worker has Python, Keras and the images loaded: its start-up is the shorter
+    assert figures["trial_startup_warm_s"] < figures["trial_startup_cold_s"]
