@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import random
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,24 @@ def epoch_time(cfg: TrialConfig, x: np.ndarray, y: np.ndarray, epochs: int) -> f
     times: list[float] = []
     model.fit(x, y, batch_size=cfg.batch_size, epochs=epochs, verbose=0, callbacks=[Timer()])
     return min(times)
+
+
+def feed_time(x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
+    """Seconds to move one epoch of shuffled training batches from host memory to the device, as `fit` does
+    with NumPy arrays, without training: what keeping the training images on the device could save per epoch
+    at most. The fastest of 3 passes after a warm-up pass."""
+    import keras
+
+    order = np.random.default_rng(0).permutation(len(x))
+    times = []
+    for _ in range(4):
+        started = time.perf_counter()
+        for i in range(0, len(x), batch_size):
+            batch = order[i:i + batch_size]
+            last = keras.ops.convert_to_tensor(x[batch]), keras.ops.convert_to_tensor(y[batch])
+        keras.ops.convert_to_numpy(last[0][:1])  # waits for the transfers queued before it
+        times.append(time.perf_counter() - started)
+    return min(times[1:])
 
 
 STARTUP_PROBE = """
@@ -142,22 +161,48 @@ def solo_epoch_times(configs: list[TrialConfig], cpus: float) -> list[float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def search_efficiency(run_dir: Path, solo: dict[TrialConfig, float]) -> dict[str, Any]:
+def search_efficiency(run_dir: Path, solo: dict[TrialConfig, float], sample: int = 0) -> dict[str, Any]:
     """Epochs trained x each trial's solo epoch time, over search wall time x slots: 1.0 when the search keeps
     every slot training all the time. `solo` caches the solo epoch time of each trial config
-    (`solo_epoch_times`, on the CPUs of one trial, or alone on a GPU)."""
+    (`solo_epoch_times`, on the CPUs of one trial, or alone on a GPU).
+
+    `sample` > 0 times at most that many of the configs not in `solo` (a seeded random choice); the epochs of
+    the others count at the epoch-weighted mean solo time of those timed, so a large search is measured in
+    minutes. `solo_timed` and `configs` in the result say how many were timed of how many."""
     manifest = store.read_json(run_dir / "manifest.json")
     res = manifest["resources"]
     trials = trial_epochs(run_dir)
-    missing = list(dict.fromkeys(cfg for cfg, n in trials if n and cfg not in solo))
+    configs = list(dict.fromkeys(cfg for cfg, n in trials if n))
+    missing = [cfg for cfg in configs if cfg not in solo]
+    if sample and len(missing) > sample:
+        missing = random.Random(0).sample(missing, sample)
     if missing:
         solo.update(zip(missing, solo_epoch_times(missing, 0 if res["gpu_per_trial"] else res["cpu_per_trial"])))
-    useful = sum(n * solo.get(cfg, 0.0) for cfg, n in trials)
+    timed = [(cfg, n) for cfg, n in trials if n and cfg in solo]
     epochs = sum(n for _, n in trials)
+    per_epoch = sum(n * solo[cfg] for cfg, n in timed) / max(1, sum(n for _, n in timed))
     wall = manifest["search_wall_s"]
     return {"wall_s": wall, "epochs": epochs, "epochs_per_s": round(epochs / wall, 3),
-            "slots": slots(manifest), "efficiency": round(useful / (wall * slots(manifest)), 3),
-            "trial_startup_s_mean": manifest["trial_startup_s_mean"], "trials": len(trials)}
+            "slots": slots(manifest), "efficiency": round(per_epoch * epochs / (wall * slots(manifest)), 3),
+            "solo_epoch_s_mean": round(per_epoch, 3), "solo_timed": len({cfg for cfg, _ in timed}),
+            "configs": len(configs), "trial_startup_s_mean": manifest["trial_startup_s_mean"],
+            "trials": len(trials)}
+
+
+def run_efficiency(run_dir: str | Path, sample: int = 0) -> dict[str, Any]:
+    """`bench --efficiency RUN_DIR`: the search efficiency of a finished run folder (its first stage, `ray/`),
+    printed as a line and then one JSON object."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "manifest.json").is_file() or not (run_dir / "history.csv").is_file():
+        raise UserError(f"{run_dir} is not a finished run folder (no manifest.json or history.csv): give the folder "
+                        f"`lungsearch run` printed last")
+    f = search_efficiency(run_dir, {}, sample)
+    print(f"search {run_dir.name}: {f['trials']} trials, {f['epochs']} epochs in {f['wall_s']:.0f} s "
+          f"({f['epochs_per_s']:.2f} epochs/s) on {f['slots']:g} slots; solo epoch {f['solo_epoch_s_mean']:.2f} s "
+          f"(mean per epoch, {f['solo_timed']} of {f['configs']} configurations timed); efficiency "
+          f"{f['efficiency']:.2f}; mean trial start-up {f['trial_startup_s_mean']:.1f} s", flush=True)
+    print(json.dumps(f), flush=True)
+    return f
 
 
 def check_options(search: bool, compare_fresh: bool, cpus_per_trial: float | None) -> None:
@@ -193,6 +238,9 @@ def run_bench(data_arg: str | None, smoke: bool, search: bool = True, compare_fr
         augmented = epoch_time(TrialConfig(**{**cfg.to_dict(), "augment": True}), x, y, sizes["epochs"])
         rows[name] = (plain, augmented)
         print(f"{name:<16} {plain:>9.2f} {augmented:>11.2f} {augmented / plain:>7.2f}", flush=True)
+    feed = feed_time(x, y, 32)
+    print(f"data feed, host to device, one epoch of batches of 32 without training: {feed:.3f} s "
+          f"({100 * feed / rows['base'][0]:.0f}% of a plain base epoch)", flush=True)
     cold, warm = trial_startup(ds, sizes["image_size"], sizes["images"])
     print(f"trial start-up, to the first batch: {cold:.1f} s cold (from process start: a new worker), "
           f"{warm:.1f} s warm (a reused worker)", flush=True)
@@ -202,6 +250,7 @@ def run_bench(data_arg: str | None, smoke: bool, search: bool = True, compare_fr
         "aug_ratio": round(rows["base"][1] / rows["base"][0], 3),
         "aug_ratio_max": round(max(a / p for p, a in rows.values()), 3),
         "per_model": {n: {"epoch_s": round(p, 3), "aug_epoch_s": round(a, 3)} for n, (p, a) in rows.items()},
+        "feed_s": round(feed, 4), "feed_share": round(feed / rows["base"][0], 3),
         "trial_startup_cold_s": round(cold, 2), "trial_startup_warm_s": round(warm, 2),
     }
     if search:

@@ -200,6 +200,12 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--compare-fresh-workers", dest="compare_fresh", action="store_true",
                        help="also run the smoke search with a fresh worker process per trial (--no-reuse-workers)")
     bench.add_argument("--cpus-per-trial", type=float, metavar="N", help="the smoke search's --cpus-per-trial")
+    bench.add_argument("--efficiency", metavar="RUN_DIR",
+                       help="instead: only the search efficiency of a finished run folder (its trials' epochs x their "
+                            "solo epoch times, over its wall time x slots)")
+    bench.add_argument("--solo-sample", type=int, default=0, metavar="N",
+                       help="with --efficiency: time the solo epochs of at most N of the run's configurations (a seeded "
+                            "random choice) and count the others' epochs at their epoch-weighted mean (default: all)")
 
     sub.add_parser("spaces", help="list the bundled search spaces and the question each answers",
                    description="List the search spaces installed with lungsearch; `lungsearch run NAME` runs one.")
@@ -276,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return explain(args.model, args.images, args.out, args.method)
         if args.command == "bench":
-            from .bench import run_bench
+            from .bench import run_bench, run_efficiency
 
+            if args.efficiency:
+                run_efficiency(args.efficiency, args.solo_sample)
+                return 0
             run_bench(args.data, args.smoke, args.search, args.compare_fresh, args.cpus_per_trial)
             return 0
         if args.command == "spaces":

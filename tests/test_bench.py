@@ -9,6 +9,41 @@ import pytest
 from conftest import REPO
 
 
+def test_search_efficiency_times_a_sample_and_counts_the_rest_at_its_epoch_weighted_mean(tmp_path, monkeypatch):
+    from lungsearch import bench
+
+    # a finished run folder of four trials on one GPU: 1, 1, 2 and 4 epochs in 20 s of search
+    rates = [0.001, 0.002, 0.003, 0.004]
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "resources": {"gpu_per_trial": 0.25, "cpu_per_trial": 1}, "cluster": {"GPU": 1, "CPU": 16},
+        "search_wall_s": 20.0, "trial_startup_s_mean": 0.5, "conditions": {}}))
+    rows = []
+    for k, (rate, epochs) in enumerate(zip(rates, [1, 1, 2, 4])):
+        (tmp_path / "ray" / f"t{k}").mkdir(parents=True)
+        (tmp_path / "ray" / f"t{k}" / "params.json").write_text(json.dumps({"learning_rate": rate}))
+        rows += [f"t{k},{e + 1}" for e in range(epochs)]
+    (tmp_path / "history.csv").write_text("trial,epoch\n" + "\n".join(rows) + "\n")
+    timed = []
+
+    def solo_epoch_times(configs, cpus):  # a solo epoch takes 1000 x the learning rate seconds
+        timed.extend(configs)
+        return [1000 * c.learning_rate for c in configs]
+
+    monkeypatch.setattr(bench, "solo_epoch_times", solo_epoch_times)
+    every = bench.search_efficiency(tmp_path, {})
+    assert len(timed) == 4 and every["solo_timed"] == every["configs"] == 4
+    assert every["epochs"] == 8 and every["epochs_per_s"] == 0.4
+    assert every["efficiency"] == pytest.approx((1 + 2 + 2 * 3 + 4 * 4) / 20, abs=0.001)
+    timed.clear()
+    sampled = bench.search_efficiency(tmp_path, {}, sample=2)
+    assert len(timed) == 2 and sampled["solo_timed"] == 2 and sampled["configs"] == 4
+    epochs = {0.001: 1, 0.002: 1, 0.003: 2, 0.004: 4}
+    mean = sum(epochs[c.learning_rate] * 1000 * c.learning_rate for c in timed) / sum(
+        epochs[c.learning_rate] for c in timed)
+    assert sampled["solo_epoch_s_mean"] == pytest.approx(mean, abs=0.001)
+    assert sampled["efficiency"] == pytest.approx(mean * 8 / 20, abs=0.001)
+
+
 def test_bench_prints_a_table_then_one_json_line(dataset, cache_dir):
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "lungsearch", "bench", "--smoke", "--no-search", "--data",
