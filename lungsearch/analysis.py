@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import confirmation, data, models, space as spaces, store
-from .config import FIXED_POINTS, TrialConfig, UserError, count
+from .config import FIXED_POINTS, RANK_BY, RANK_TEXT, TrialConfig, UserError, count
 from .metrics import binary_metrics, bootstrap_ci, paired_difference, val_threshold
 from .predict import load_model
 
@@ -43,10 +43,18 @@ class Run:
     manifest: dict[str, Any]
     trials: pd.DataFrame
     history: pd.DataFrame
+    loaded: dict[str, Any] = field(default_factory=dict, repr=False)  # trial: its model, loaded once (model())
+    rank_by: str = "objective"  # config.RANK_BY: what the leaderboard ranks by
 
     def checkpoint(self, trial: str) -> Path | None:
         path = self.dir / "checkpoints" / trial / "model.keras"
         return path if path.is_file() else None
+
+    def model(self, trial: str):
+        """The trial's saved model, read from disk once however often the report needs it."""
+        if trial not in self.loaded:
+            self.loaded[trial] = load_model(self.checkpoint(trial))
+        return self.loaded[trial]
 
     def config(self, trial: str) -> TrialConfig:
         """The trial's full config, inactive conditional parameters dropped, as it was trained."""
@@ -102,8 +110,9 @@ class Analysis:
     fidelity: dict[str, Any] | None = None  # confirmation.fidelity: low- vs higher-fidelity rank correlations
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Read a run folder; a folder that is not a finished run is a UserError saying what to do."""
+def load_run(run_dir: str | Path, rank_by: str | None = None) -> Run:
+    """Read a run folder, its trials ranked by `rank_by` (None: the run's setting, else the objective); a folder
+    that is not a finished run is a UserError saying what to do."""
     run_dir = Path(run_dir).expanduser().resolve()
     if not (run_dir / "trials.csv").is_file() or not (run_dir / "manifest.json").is_file():
         from .run.folder import run_folder_problem  # the words `resume` uses for the same folder
@@ -118,13 +127,23 @@ def load_run(run_dir: str | Path) -> Run:
     hist = run_dir / "history.csv"
     history = (pd.read_csv(hist) if hist.is_file() and hist.stat().st_size > 1 else
                pd.DataFrame(columns=["trial", "fixed_point", "epoch", "val_f1"]))  # no trial trained an epoch
-    return Run(run_dir, store.read_json(run_dir / "manifest.json"), leaderboard(trials), history)
+    manifest = store.read_json(run_dir / "manifest.json")
+    rank_by = rank_by or manifest.get("settings", {}).get("rank_by") or "objective"
+    if rank_by not in RANK_BY:
+        raise UserError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
+    if rank_by != "objective" and RANK_BY[rank_by] not in trials.columns:
+        raise UserError(f"{run_dir / 'trials.csv'} has no {RANK_BY[rank_by]} column (a run made before --rank-by "
+                        f"existed): it can only be ranked by the objective")
+    return Run(run_dir, manifest, leaderboard(trials, rank_by), history, rank_by=rank_by)
 
 
-def leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials ranked by the objective, ties broken by validation F1 (an older table without the objective:
-    by validation F1, then AUC); trials without metrics last."""
+def leaderboard(trials: pd.DataFrame, rank_by: str = "objective") -> pd.DataFrame:
+    """Trials ranked by the objective, ties broken by validation F1 (rank_by f1: by validation F1 at the
+    validation threshold, ties broken by the objective; an older table without the objective: by validation F1,
+    then AUC); trials without metrics last."""
     keys = ["objective", "val_f1"] if score_column(trials) == "objective" else ["val_f1", "val_auc"]
+    if rank_by != "objective":
+        keys = [RANK_BY[rank_by], "objective"]
     board = trials.sort_values(keys, ascending=False, na_position="last", kind="mergesort").reset_index(drop=True)
     board.insert(0, "rank", np.arange(1, len(board) + 1))
     return board
@@ -142,6 +161,11 @@ class RunData:
                             f"dataset (fingerprint {run.manifest['data']['fingerprint']})")
         self.consts, self.log, self.manifest = consts, log, run.manifest
         self.arrays: dict[tuple[int, str], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        self.scanned = data.scan(self.dir)  # hashed once; every image size and decoding reuses it
+        if self.scanned.fingerprint != run.manifest["data"]["fingerprint"]:
+            raise UserError(f"dataset {self.dir} has fingerprint {self.scanned.fingerprint} but the run used "
+                            f"{run.manifest['data']['fingerprint']}: the files changed, so the run's test part "
+                            f"cannot be rebuilt; pass --data DIR with the dataset the run was trained on")
         self.ds, self.images = self.load(int(consts["image_size"]))
         stored = run.dir / data.SPLIT_FILE
         self.split = (data.read_split(stored, self.ds) if stored.is_file() else  # runs before split.json: rebuilt
@@ -149,12 +173,7 @@ class RunData:
 
     def load(self, size: int, normalize: str = "none") -> tuple[data.Dataset, np.ndarray]:
         # this user's cache ($LUNGSEARCH_CACHE)
-        ds, images = data.load(self.dir, size, None, log=self.log, normalize=normalize)
-        if ds.fingerprint != self.manifest["data"]["fingerprint"]:
-            raise UserError(f"dataset {self.dir} has fingerprint {ds.fingerprint} but the run used "
-                            f"{self.manifest['data']['fingerprint']}: the files changed, so the run's test part "
-                            f"cannot be rebuilt; pass --data DIR with the dataset the run was trained on")
-        return ds, images
+        return data.load(self.dir, size, None, log=self.log, normalize=normalize, dataset=self.scanned)
 
     def parts(self, size: int, normalize: str = "none") -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Validation, test and (when the split has one) holdout inputs at `size` px, decoded with `normalize`
@@ -205,7 +224,7 @@ def evaluate(name: str, trials: list[str], sizes: list[int], y: dict[str, np.nda
 
 
 def analyse(run_dir: str | Path, top: int = 5, ensemble: int = 3, data_dir: str | Path | None = None,
-            n_boot: int = 1000, log: Callable[[str], Any] = print) -> Analysis:
+            n_boot: int = 1000, log: Callable[[str], Any] = print, rank_by: str | None = None) -> Analysis:
     """Rank the trials and evaluate the fixed points, the `top` best trials with checkpoints and an
     ensemble of the `ensemble` best (0: none) on the run's own validation, test and holdout parts, each
     model fed images decoded as it was trained on and predicted with test-time flips when its config says.
@@ -214,7 +233,7 @@ def analyse(run_dir: str | Path, top: int = 5, ensemble: int = 3, data_dir: str 
         raise UserError(f"--top must be at least 1, got {top}")
     if ensemble == 1 or ensemble < 0:
         raise UserError(f"--ensemble must be 2 or more (or 0 for none), got {ensemble}")
-    run = load_run(run_dir)  # trials in leaderboard order
+    run = load_run(run_dir, rank_by)  # trials in leaderboard order
     board = run.trials.assign(checkpoint=[run.checkpoint(t) is not None for t in run.trials["trial"]])
     board = board.drop(columns=["trial_dir"], errors="ignore")
     board.to_csv(run.dir / "leaderboard.csv", index=False)  # rank, trial, ..., checkpoint (True if saved)
@@ -237,7 +256,7 @@ def evaluate_trials(run: Run, rdata: "RunData", trials: list[str], n_boot: int,
     seed, groups, evals = int(run.manifest["run_constants"].get("seed", 0)), rdata.patients("test"), {}
     for trial in trials:
         cfg = run.config(trial)
-        model = load_model(run.checkpoint(trial))
+        model = run.model(trial)
         size = int(model.input_shape[1])
         parts = rdata.parts(size, models.decode_normalization(model))
         y = {k: labels.ravel() for k, (_, labels) in parts.items()}
@@ -268,9 +287,10 @@ def versus_base(best: Evaluation | None, evals: dict[str, Evaluation], run: Run,
     return {"best": best.name, "base": base.name, "metrics": paired_difference(best, base, n_boot, seed)}
 
 
-FINAL_RULE = ("the final model is the better on validation AUC of two candidates: the confirmed best configuration "
-              "(its seeds' models averaged) and the ensemble of every model of the confirmed top configurations; a "
-              "tie goes to the single configuration. Test data plays no part in the choice.")
+FINAL_RULE = ("the final model is the better on validation {metric} of two candidates: the confirmed best "
+              "configuration (its seeds' models averaged) and the ensemble of every model of the confirmed top "
+              "configurations; a tie goes to the single configuration. Test data plays no part in the choice.")
+FINAL_METRIC = {"objective": "AUC", "f1": "F1 at the validation threshold"}
 
 
 def final_candidates(per_config: dict[str, Evaluation], groups: list[list[str]], members: dict[str, Evaluation],
@@ -295,7 +315,7 @@ def confirmed_analysis(run: Run, board: pd.DataFrame, rdata: "RunData", top: int
     confirmation model evaluated; the fixed points as the report trains them (the run's first seed); the final
     model chosen on validation between the best configuration's seed ensemble and the top configurations'
     ensemble (FINAL_RULE)."""
-    confirmed = confirmation.summary(run.trials)
+    confirmed = confirmation.summary(run.trials, RANK_BY[run.rank_by])
     saved = set(board.loc[board["checkpoint"], "trial"])
     groups = [[t for t in row.trials.split() if t in saved] for row in confirmed.itertuples()]
     first_seed = int(run.manifest["settings"].get("seed", 0))
@@ -309,13 +329,15 @@ def confirmed_analysis(run: Run, board: pd.DataFrame, rdata: "RunData", top: int
                   for n, g in zip(names, groups) if g}
     candidates = final_candidates(per_config, groups, members, int(run.manifest["settings"].get("confirm_top") or 3),
                                   rdata, run, n_boot)
-    chosen, val_auc = (confirmation.choose_final({n: (e.y["val"], e.p["val"]) for n, e in candidates.items()})
-                       if candidates else (None, {}))
+    metric = "f1" if run.rank_by == "f1" else "auc"
+    chosen, scores = (confirmation.choose_final({n: (e.y["val"], e.p["val"]) for n, e in candidates.items()}, metric)
+                      if candidates else (None, {}))
     best = candidates.get(chosen)
     ens = next((e for n, e in candidates.items() if n.startswith("ensemble")), None)
     evals = {t: e for t, e in members.items() if e.fixed_point}
     evals.update({g[0]: members[g[0]] for g in groups[:top] if g})
-    final = {"rule": FINAL_RULE, "val_auc": val_auc, "chosen": chosen, "model": best.name if best else None}
+    final = {"rule": FINAL_RULE.format(metric=FINAL_METRIC[run.rank_by]), "metric": f"validation {metric}",
+             "scores": scores, "chosen": chosen, "model": best.name if best else None}
     fid = confirmation.fidelity(run.trials, run.history, int(run.manifest["settings"].get("grace_period", 1)))
     ranked = [t for g in groups for t in g]
     return Analysis(run, board, evals, ranked[:top], best, ens, rdata, versus_base(best, members, run, n_boot),
@@ -371,7 +393,7 @@ def export_best(a: Analysis) -> Path | None:
                                 **card(a, a.best)})
         return path
     cfg = a.run.config(a.best.trials[0])
-    load_model(a.run.checkpoint(a.best.trials[0])).save(single)  # without optimizer state: a third the size
+    a.run.model(a.best.trials[0]).save(single)  # without optimizer state: a third the size
     store.write_json(a.run.dir / "best_model.json", {"model": single.name, **card(a, a.best), "tta": cfg.tta,
                                                      "normalize": cfg.normalize, "config": cfg.to_dict()})
     return single
@@ -382,7 +404,7 @@ def write_members(a: Analysis, ev: Evaluation, folder: Path) -> list[dict[str, A
     folder.mkdir(parents=True, exist_ok=True)
     members = []
     for trial, size in zip(ev.trials, ev.image_sizes):
-        load_model(a.run.checkpoint(trial)).save(folder / f"{trial}.keras")
+        a.run.model(trial).save(folder / f"{trial}.keras")
         members.append({"model": f"{folder.name}/{trial}.keras", "trial": trial, "image_size": size,
                         "config": a.run.config(trial).to_dict()})
     return members

@@ -171,6 +171,10 @@ def parser() -> argparse.ArgumentParser:
                              "only; 0: none)")
     report.add_argument("--data", metavar="DIR",
                         help="the run's dataset, if it moved (default: the folder the run used)")
+    report.add_argument("--rank-by", choices=["objective", "f1"],
+                        help="rank trials (and choose the final model) by the objective (validation AUC) or by "
+                             "validation F1 at the threshold chosen on validation, as the design card asked "
+                             "(default: the run's SETTINGS 'rank_by', else objective)")
 
     evaluate = sub.add_parser("evaluate", help="metrics of a model on a dataset folder's test/ part (or all images)")
     evaluate.add_argument("model", help="a .keras file, best_model.json or ensemble.json")
@@ -269,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             from .report import write_report
 
             print(write_report(args.run_dir, args.top, 3 if args.ensemble is None else args.ensemble,
-                               export_ensemble=args.ensemble is not None, data_dir=args.data))
+                               export_ensemble=args.ensemble is not None, data_dir=args.data, rank_by=args.rank_by))
             return 0
         if args.command in ("evaluate", "predict"):
             from . import predict

@@ -98,11 +98,10 @@ def best_saliency(a: Analysis) -> tuple[list[Case], dict[str, float], str]:
     """The best model's saliency on every test image (its members' maps averaged at the first member's size):
     the gallery cases and the border share, overall and by true class."""
     from . import explain, models
-    from .predict import load_model
 
     maps, method, first = [], "", None
     for trial in a.best.trials:
-        model = load_model(a.run.checkpoint(trial))
+        model = a.run.model(trial)
         x, _ = a.data.parts(int(model.input_shape[1]), models.decode_normalization(model))["test"]
         first = x if first is None else first
         got = [explain.saliency(model, x[k:k + SALIENCY_BATCH]) for k in range(0, len(x), SALIENCY_BATCH)]

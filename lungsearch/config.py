@@ -38,6 +38,11 @@ SEARCH_SPLITS = ("auto", *SPLITS)
 # and a model that calls everything PNEUMONIA (F1 about 0.77 on this data) scores 0.5, not well.
 OBJECTIVE, OBJECTIVE_MODE = "objective", "max"
 OBJECTIVE_TEXT = "validation AUC at the kept epoch (the epoch whose weights the trial keeps)"
+# What a run's leaderboard may rank by: the objective, or validation F1 at the threshold chosen on validation (what
+# the design card asked for; it depends on that threshold, which AUC does not)
+RANK_BY = {"objective": "objective", "f1": "val_f1_tuned"}  # name: the trials.csv column
+RANK_TEXT = {"objective": OBJECTIVE_TEXT,
+             "f1": "validation F1 at the threshold chosen on validation, at the kept epoch (rank_by: f1)"}
 NORMALIZATIONS = ("none", "standardize", "equalize", "clahe")
 DECODE_TIME_NORMALIZATIONS = ("equalize", "clahe")  # applied by OpenCV when images are decoded (cached)
 
@@ -240,6 +245,7 @@ SETTINGS_RULES: dict[str, Rule] = {
     "brackets": at_least(1),
     "confirm_top": ((lambda v: v >= 0), "0 (no confirmation stage) or more"),
     "confirm_seeds": at_least(1),
+    "rank_by": ((lambda v: v in RANK_BY), f"one of {', '.join(RANK_BY)}"),
 }
 
 
@@ -310,6 +316,9 @@ class SearchSettings:
     # bn_aug and bn_aug_dropout once; the leaderboard ranks configurations by their mean objective over the seeds.
     confirm_top: int = 0
     confirm_seeds: int = 3
+    # what the leaderboard and the final model's choice rank by (RANK_BY); the search itself (early stopping, ASHA,
+    # the searcher) always compares the objective
+    rank_by: str = "objective"
 
     def __post_init__(self) -> None:
         validate(self, SETTINGS_RULES, [

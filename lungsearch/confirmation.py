@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import store
 from .config import FIXED_POINTS, SearchSettings
-from .metrics import roc_auc
+from .metrics import binary_metrics, roc_auc, val_threshold
 
 STAGE = "confirm"  # the Tune experiment's folder in the run folder (the search stage's is ray/)
 PLAN = "confirm_plan.json"  # the configurations the stage trains, written before it starts
@@ -72,23 +72,25 @@ def config_name(row) -> str:
     return row["fixed_point"] or row["confirms"]
 
 
-def summary(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per confirmed configuration, best mean objective first: seeds, the mean objective with its standard
-    deviation, min and max, the objective the configuration had in the search stage (low fidelity) and its rank
-    there. Ranked by the mean, never by one lucky seed."""
+def summary(trials: pd.DataFrame, column: str = "objective") -> pd.DataFrame:
+    """One row per confirmed configuration, best mean first: seeds, the mean of `column` (the objective, or what
+    the run ranks by) with its standard deviation, min and max, the same column in the search stage (low
+    fidelity) and the rank there. Ranked by the mean, never by one lucky seed."""
     confirm = stage_of(trials, STAGE)
+    if column not in confirm.columns:
+        column = "objective"
     if confirm.empty:
         return pd.DataFrame()
     search = stage_of(trials, "search").set_index("trial")
-    search_rank = search["objective"].rank(ascending=False, method="min")
+    search_rank = search[column].rank(ascending=False, method="min")
     rows = []
     for source, group in confirm.groupby("confirms", sort=False):
-        scores = group["objective"].dropna()
+        scores = group[column].dropna()
         rows.append({"configuration": config_name(group.iloc[0]), "confirms": source,
                      "fixed_point": group.iloc[0]["fixed_point"], "seeds": len(group), "scored": len(scores),
                      "objective_mean": scores.mean(), "objective_std": scores.std(ddof=1) if len(scores) > 1 else 0.0,
                      "objective_min": scores.min(), "objective_max": scores.max(),
-                     "search_objective": search["objective"].get(source, np.nan),
+                     "search_objective": search[column].get(source, np.nan), "ranked_by": column,
                      "search_rank": search_rank.get(source, np.nan), "trials": " ".join(group["trial"])})
     table = pd.DataFrame(rows).sort_values(["objective_mean", "objective_min"], ascending=False, na_position="last",
                                            kind="mergesort")  # a tie goes to the steadier configuration
@@ -132,10 +134,19 @@ def fidelity(trials: pd.DataFrame, history: pd.DataFrame, first_rung: int) -> di
     return out
 
 
-def choose_final(candidates: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[str, dict[str, float]]:
-    """The final model among `candidates` (name: validation labels and probabilities), by validation AUC; a tie
-    goes to the one listed first (the simpler model). Only validation data is passed in: no test can sway it.
-    Returns the chosen name and each candidate's validation AUC."""
-    scores = {name: roc_auc(np.ravel(y), np.ravel(p)) for name, (y, p) in candidates.items()}
+def validation_score(y: np.ndarray, p: np.ndarray, metric: str = "auc") -> float:
+    """AUC, or F1 at the threshold chosen on these very labels (metric 'f1'): validation data only."""
+    y, p = np.ravel(y), np.ravel(p)
+    if metric == "f1":
+        return binary_metrics(y, p, val_threshold(y, p))["f1"]
+    return roc_auc(y, p)
+
+
+def choose_final(candidates: dict[str, tuple[np.ndarray, np.ndarray]],
+                 metric: str = "auc") -> tuple[str, dict[str, float]]:
+    """The final model among `candidates` (name: validation labels and probabilities), by validation AUC (or F1 at
+    the validation threshold); a tie goes to the one listed first (the simpler model). Only validation data is
+    passed in: no test can sway it. Returns the chosen name and each candidate's score."""
+    scores = {name: validation_score(y, p, metric) for name, (y, p) in candidates.items()}
     best = max(scores, key=lambda name: (np.nan_to_num(scores[name], nan=-1.0), -list(scores).index(name)))
     return best, scores

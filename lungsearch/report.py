@@ -15,9 +15,8 @@ from .analysis import FIXED, SOURCE_REPORT, SPLIT_NAMES, Analysis, Evaluation, f
 from .card import near_trivial, write_cards
 from .figures import (STATUS_WORDS, fig_asha, fig_best, fig_calibration, fig_curves, fig_flow, fig_gallery,
                       fig_params, fig_roc_pr, fig_samples, fig_shift, first_rung)
-from .config import count
+from .config import RANK_TEXT, count
 from .metrics import CI_METRICS
-from .predict import load_model
 
 SHIFT_METRICS = ("auc", "accuracy", "specificity")
 
@@ -169,8 +168,8 @@ def confirmation_blocks(a: Analysis) -> list:
               f"{rho_text(fid.get('search_vs_confirmed'))}; within the search stage, the objective at epoch "
               f"{fid.get('first_rung_vs_end', {}).get('rung', '?')} (the first rung) against the objective at the "
               f"end of the trial, {rho_text(fid.get('first_rung_vs_end'))}."),
-        ("p", f"**The final model**: {final.get('rule', '')} Validation AUC: "
-              + "; ".join(f"{n} {fmt(v)}" for n, v in final.get("val_auc", {}).items())
+        ("p", f"**The final model**: {final.get('rule', '')} {final.get('metric', '').capitalize()}: "
+              + "; ".join(f"{n} {fmt(v)}" for n, v in final.get("scores", {}).items())
               + f". Chosen: **{final.get('chosen')}**, exported as `best_model.json`."),
     ]
 
@@ -197,6 +196,17 @@ def importance_blocks(a: Analysis, fig: Path | None) -> list:
     return blocks
 
 
+def ranking_text(a: Analysis, m: dict, src: dict) -> str:
+    """What ranked the trials, in the words of the summary: the objective, or validation F1 (--rank-by f1)."""
+    used = ", ".join(m.get("objective", {}).get("used_by", ["the leaderboard"]))
+    if a.run.rank_by == "objective":
+        return (f"Trials are ranked by **{objective_text(m)}**, measured on the validation part ({src.get('val', 'see "
+                f"Data')}); the same number is used by {used}.")
+    return (f"Trials are ranked by **{RANK_TEXT[a.run.rank_by]}** (`--rank-by {a.run.rank_by}`), measured on the "
+            f"validation part ({src.get('val', 'see Data')}), as the design card asked; the search itself ({used}) "
+            f"compared {objective_text(m)}.")
+
+
 def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> list[tuple[str, list]]:
     """(title, blocks): ("p", text), ("ul", items), ("pre", text), ("img", png, caption), ("table", head, rows)."""
     m, b, best, protocol = a.run.manifest, a.board, a.best, a.run.manifest["run_constants"]["split"]
@@ -207,7 +217,7 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
     unsaved = int((~b["checkpoint"].astype(bool) & (b["status"] == "finished")).sum())
     summary: list[str] = []
     if best:
-        load_model(a.run.checkpoint(best.trials[0])).summary(print_fn=lambda s, **k: summary.append(s))
+        a.run.model(best.trials[0]).summary(print_fn=lambda s, **k: summary.append(s))
     rungs = [[str(r), str(len(f1)), *(fmt(f1.agg(g)) if len(f1) else "–" for g in ("median", "max"))]
              for r, f1 in analysis.asha_rungs(a.run)]
     board = [[str(r["rank"]), r["trial"], "yes" if r["checkpoint"] else "no", r["status"], str(r["epochs_run"]),
@@ -221,9 +231,7 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
             ("p", f"Split: **{protocol}**: {SPLIT_NAMES.get(protocol, protocol)}. Test metrics are on this run's "
                   f"held-out test part ({parts['test']['images']} images: {src.get('test', 'see Data')}), used for "
                   f"no training or choice."),
-            ("p", f"Trials are ranked by **{objective_text(m)}**, measured on the validation part ("
-                  f"{src.get('val', 'see Data')}); the same number is used by "
-                  + ", ".join(m.get("objective", {}).get("used_by", ["the leaderboard"])) + "."),
+            ("p", ranking_text(a, m, src)),
             ("p", f"Two thresholds: **0.5** (as the source report) and a threshold **{tuned}** to maximise "
                   f"validation F1 (never on test). Brackets: {analysis.CI_TEXT}."),
             ("p", f"Best model: **{best.name}** (validation AUC {fmt(best.val['auc'])}): test F1 {with_ci(best, 'f1')} "
@@ -248,7 +256,9 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
             *one_class(shown, tuned=True)]),
         ("In-distribution vs target distribution", shift_blocks(a, shown, figs["shift"], tuned)),
         ("Leaderboard", [
-            ("p", f"Ranked by {objective_text(m)}" + (", ties broken by validation F1" if col == "objective" else "")
+            ("p", f"Ranked by {RANK_TEXT[a.run.rank_by] if a.run.rank_by != 'objective' else objective_text(m)}"
+                  + (", ties broken by validation F1" if col == "objective" and a.run.rank_by == "objective" else
+                     ", ties broken by the objective" if a.run.rank_by != "objective" else "")
                   + " (15 best shown; all in `leaderboard.csv`). "
                   f"Test F1 at threshold 0.5, as recorded when the trial ended. Only trials with a saved model are "
                   f"evaluated above" + (f"; {count(unsaved, 'finished trial')} {'has' if unsaved == 1 else 'have'} "
@@ -337,10 +347,11 @@ CSS = ("body{font:14px/1.45 system-ui,sans-serif;max-width:1250px;margin:1.5em a
 
 
 def write_report(run_dir: str | Path, top: int = 5, ensemble: int = 3, export_ensemble: bool = False,
-                 data_dir: str | Path | None = None, log: Callable[[str], Any] = print) -> Path:
+                 data_dir: str | Path | None = None, log: Callable[[str], Any] = print,
+                 rank_by: str | None = None) -> Path:
     """Analyse a run and write leaderboard.csv, evaluation.json, figures/, report.md, report.html and
     best_model.keras + best_model.json (ensemble.json + ensemble/ with export_ensemble); return report.html."""
-    a = analysis.analyse(run_dir, top, ensemble, data_dir, log=log)
+    a = analysis.analyse(run_dir, top, ensemble, data_dir, log=log, rank_by=rank_by)
     for warning in missing_fixed_point_models(a):
         log(warning)
     root, folder = a.run.dir, a.run.dir / "figures"

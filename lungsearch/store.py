@@ -17,7 +17,8 @@ from .metrics import COUNTS, SCORES
 PACKAGES = ("lungsearch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "ray", "keras-tuner",
             "numpy", "opencv-python-headless", "pandas", "matplotlib")
 METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
-HISTORY = ("epoch", "epoch_s", "lr", "objective", "kept_epoch", *METRICS, *(f"val_{m}" for m in SCORES),
+HISTORY = ("epoch", "epoch_s", "lr", "objective", "kept_epoch", "val_f1_tuned", *METRICS,
+           *(f"val_{m}" for m in SCORES),
            *(f"holdout_{m}" for m in SCORES))
 TEST_METRICS = (*SCORES, *COUNTS)
 
@@ -130,6 +131,7 @@ def collect(run_dir: Path, searched: list[str], conditions: dict[str, list], fai
             "mean_epoch_s": sum(r.get("epoch_s", 0) for r in rows) / len(rows) if rows else None,
             "objective": last.get("objective"),
             **{f"val_{m}": best.get(f"val_{m}") for m in SCORES},
+            "val_f1_tuned": best.get("val_f1_tuned"),  # at the threshold chosen on validation (rank_by: f1)
             **{f"holdout_{m}": best.get(f"holdout_{m}") for m in SCORES},
             **{f"test_{m}": last.get(f"test_{m}") for m in TEST_METRICS},
             **{f"cfg_{k}": active.get(k) for k in searched},  # blank where a condition switched it off

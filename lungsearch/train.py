@@ -16,7 +16,7 @@ import numpy as np
 
 from . import data, models
 from .config import TrialConfig
-from .metrics import SCORES, binary_metrics
+from .metrics import SCORES, binary_metrics, val_threshold
 
 Report = Callable[[dict[str, Any]], Any]
 Parts = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -215,7 +215,10 @@ class EpochReporter(keras.callbacks.Callback):
             self.stacked = np.concatenate([self.parts[p][0] for p in names])
         probs = models.predict_proba(self.model, self.stacked, self.cfg.tta)
         ends = np.cumsum([len(self.parts[p][1]) for p in names])
-        return {p: binary_metrics(self.parts[p][1], chunk) for p, chunk in zip(names, np.split(probs, ends[:-1]))}
+        scores = {p: binary_metrics(self.parts[p][1], chunk) for p, chunk in zip(names, np.split(probs, ends[:-1]))}
+        y, p = self.parts["val"][1], probs[: ends[0]]
+        scores["val"]["f1_tuned"] = binary_metrics(y, p, val_threshold(y, p))["f1"]  # rank_by: f1
+        return scores
 
     def on_epoch_end(self, epoch, logs=None):
         given, logs = logs, {k: float(v) for k, v in (logs or {}).items()}
@@ -233,6 +236,7 @@ class EpochReporter(keras.callbacks.Callback):
                                "startup_s": self.startup_s, "lr": self.current_lr(), "train_images": self.train_images}
         for part, metrics in scores.items():
             row.update({f"{part}_{k}": metrics[k] for k in SCORES})
+        row["val_f1_tuned"] = scores["val"]["f1_tuned"]
         watched = scores[self.watch]["auc"]
         if np.isfinite(watched) and watched > self.best_score:
             self.best_score, self.best_epoch = watched, epoch + 1

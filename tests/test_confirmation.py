@@ -58,6 +58,7 @@ def test_a_low_fidelity_trial_trains_on_a_share_of_whole_patients_of_both_classe
     full = []
     train.run_trial({**config(folder, max_epochs=1).to_dict()}, full.append)
     assert rows[-1]["train_images"] == len(share) < full[-1]["train_images"] == len(split["train"])
+    assert all(r["val_f1_tuned"] >= r["val_f1"] for r in rows + full)  # F1 at the F1-best validation threshold
 
 
 def test_fidelity_and_confirmation_settings_are_checked():
@@ -159,3 +160,17 @@ def test_importance_finds_the_one_knob_that_matters():
     scores = importance.importances(table)
     assert len(table) == n and max(scores, key=scores.get) == "learning_rate", scores
     assert importance.importances(table.head(5)) is None  # too few trials to say
+
+
+def test_rank_by_f1_ranks_by_validation_f1_at_the_validation_threshold():
+    from lungsearch import analysis
+
+    table = trials_table().assign(val_f1=0.5, val_f1_tuned=[0.1, 0.2, 0.3, 0.4, 0.9, 0.9, 0.5, 0.6, 0.8, 0.7])
+    assert list(analysis.leaderboard(table, "f1")["trial"][:3]) == ["cb0", "cb1", "cbase0"]
+    assert list(analysis.leaderboard(table)["trial"][:2]) == ["a", "c"]
+    by_f1 = confirmation.summary(table, "val_f1_tuned")
+    assert list(by_f1["configuration"]) == ["b", "base", "c"] and set(by_f1["ranked_by"]) == {"val_f1_tuned"}
+    y = np.array([0, 0, 1, 1])
+    scores = confirmation.choose_final({"a": (y, np.array([0.1, 0.6, 0.7, 0.9])),
+                                        "b": (y, np.array([0.1, 0.2, 0.3, 0.4]))}, "f1")[1]
+    assert scores == {"a": 1.0, "b": 1.0}  # both separate the classes at some validation threshold

@@ -422,3 +422,20 @@ def test_table_1_says_plainly_when_a_run_is_a_smoke_run():
     assert "This is a smoke (reduced) run, not a reproduction**: 48 px images" in text and "480 training" in text
     a.run.manifest = {"smoke": False, "run_constants": {"image_size": 150, "data_limit": 0}, "settings": {"max_epochs": 50}}
     assert report.smoke_note(a) == []
+
+
+def test_report_hashes_the_data_folder_once_and_reads_each_model_once(run, tmp_path, monkeypatch):
+    """Two input sizes in this run: the data folder is still scanned (hashed) once, and each model file read once."""
+    from lungsearch import data, predict
+
+    run_dir, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    monkeypatch.setenv("LUNGSEARCH_CACHE", str(run_dir.parents[1] / "cache"))
+    scans, reads = [], []
+    scan, read = data.scan, predict.load_model
+    monkeypatch.setattr(data, "scan", lambda folder: scans.append(folder) or scan(folder))
+    monkeypatch.setattr(analysis, "load_model", lambda path: reads.append(path) or read(path))
+    report.write_report(copy, ensemble=2, export_ensemble=True, log=lambda s: None)
+    assert len(scans) == 1, scans
+    assert len(reads) == len(set(reads)) and reads, reads

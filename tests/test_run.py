@@ -118,8 +118,8 @@ def test_two_stage_smoke_search_on_the_real_chest_xrays(tmp_path):
     assert float(confirmed.set_index("configuration").loc["base", "objective_mean"]) == pytest.approx(base_objective)
     card = json.loads((run_dir / "best_model.json").read_text())
     chosen = card["final_choice"]["chosen"]
-    assert chosen in card["final_choice"]["val_auc"]
-    assert card["final_choice"]["val_auc"][chosen] == max(card["final_choice"]["val_auc"].values())
+    assert chosen in card["final_choice"]["scores"] and card["final_choice"]["metric"] == "validation auc"
+    assert card["final_choice"]["scores"][chosen] == max(card["final_choice"]["scores"].values())
     assert len(card["members"]) >= 2 and all((run_dir / m["model"]).is_file() for m in card["members"])
     report = (run_dir / "report.md").read_text()
     assert "## Confirmation: rankings that hold" in report and re.search(r"\*\*First place (held|did not hold)", report)
