@@ -200,8 +200,8 @@ def ranking_text(a: Analysis, m: dict, src: dict) -> str:
     """What ranked the trials, in the words of the summary: the objective, or validation F1 (--rank-by f1)."""
     used = ", ".join(m.get("objective", {}).get("used_by", ["the leaderboard"]))
     if a.run.rank_by == "objective":
-        return (f"Trials are ranked by **{objective_text(m)}**, measured on the validation part ({src.get('val', 'see "
-                f"Data')}); the same number is used by {used}.")
+        return (f"Trials are ranked by **{objective_text(m)}**, measured on the validation part "
+                f"({src.get('val', 'see Data')}); the same number is used by {used}.")
     return (f"Trials are ranked by **{RANK_TEXT[a.run.rank_by]}** (`--rank-by {a.run.rank_by}`), measured on the "
             f"validation part ({src.get('val', 'see Data')}), as the design card asked; the search itself ({used}) "
             f"compared {objective_text(m)}.")
