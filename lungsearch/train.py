@@ -236,7 +236,7 @@ class EpochReporter(keras.callbacks.Callback):
                                "startup_s": self.startup_s, "lr": self.current_lr(), "train_images": self.train_images}
         for part, metrics in scores.items():
             row.update({f"{part}_{k}": metrics[k] for k in SCORES})
-        row["val_f1_tuned"] = scores["val"]["f1_tuned"]
+        row["val_f1_tuned"] = scores["val"].get("f1_tuned", float("nan"))
         watched = scores[self.watch]["auc"]
         if np.isfinite(watched) and watched > self.best_score:
             self.best_score, self.best_epoch = watched, epoch + 1

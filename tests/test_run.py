@@ -96,6 +96,7 @@ def test_two_stage_smoke_search_on_the_real_chest_xrays(tmp_path):
     best configuration and base retrained on all of them with two training seeds (same split, other weights),
     ranked by their mean; the final model chosen on validation and exported."""
     out = lungsearch("run", "robust", "--data", real_data(), "--smoke", "--num-samples", 4, "--confirm-top", 1,
+                     "--max-epochs", 2,
                      "--cpus-per-trial", 1, "--results", tmp_path / "results")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     run_dir = Path(out.stdout.strip().splitlines()[-1])
