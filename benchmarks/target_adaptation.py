@@ -62,13 +62,16 @@ def main() -> None:
     a = analysis.analyse(args.run_dir, log=lambda s: None)
     card = store.read_json(a.run.dir / "best_model.json")
     trials = card.get("trials") or [card["trials"][0]]
-    parts, patients = a.data.parts(int(a.run.manifest["run_constants"]["image_size"])), a.data.patients("val")
-    (xv, yv), (xt, yt) = parts["val"], parts["test"]
+    patients = a.data.patients("val")
+    yv, yt = a.data.parts(int(a.run.manifest["run_constants"]["image_size"]))["val"][1], \
+        a.data.parts(int(a.run.manifest["run_constants"]["image_size"]))["test"][1]
     folds = patient_folds(patients, yv.ravel(), args.folds)
     oof, test = np.zeros((len(trials), len(yv))), np.zeros((len(trials), len(yt)))
     before_v, before_t = [], []
     for m, trial in enumerate(trials):
         cfg, model = a.run.config(trial), a.run.model(trial)
+        parts = a.data.parts(int(model.input_shape[1]), models.decode_normalization(model))  # as it was trained
+        xv, xt = parts["val"][0], parts["test"][0]
         before_v.append(models.predict_proba(model, xv, cfg.tta))
         before_t.append(models.predict_proba(model, xt, cfg.tta))
         for j in range(args.folds):
