@@ -49,7 +49,8 @@ def overrides(what: str, name: str) -> str:
 SMOKE_HELP = (f"shrink the search to minutes on a laptop: {SMOKE['image_size']} px images, up to {SMOKE['max_epochs']} "
               f"epochs, {SMOKE['data_limit']} training images (a quarter as many, at least 8, in each other part), "
               f"patience {SMOKE['patience']}, ASHA grace period {SMOKE['grace_period']} and reduction factor "
-              f"{SMOKE['reduction_factor']}, at most 8 sampled trials; other flags still override these")
+              f"{SMOKE['reduction_factor']}, at most 8 sampled trials and, in a two-stage space, a search stage of --max-epochs "
+              f"epochs and at most 2 confirmed configurations with 2 seeds; other flags still override these")
 
 
 def parser() -> argparse.ArgumentParser:
