@@ -7,6 +7,7 @@ from importlib import metadata
 
 import pytest
 
+import lungsearch.run.outcome  # noqa: F401  cli imports it; the stand-ins below replace lungsearch.run only
 from lungsearch import cli, space
 from lungsearch.config import SMOKE, SearchSettings
 
