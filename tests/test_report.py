@@ -425,7 +425,8 @@ def test_table_1_says_plainly_when_a_run_is_a_smoke_run():
 
 
 def test_report_hashes_the_data_folder_once_and_reads_each_model_once(run, tmp_path, monkeypatch):
-    """Two input sizes in this run: the data folder is still scanned (hashed) once, and each model file read once."""
+    """Two input sizes in this run: the analysis and the exports scan (hash) the data folder once and read each
+    model file once."""
     from lungsearch import data, predict
 
     run_dir, _ = run
@@ -436,6 +437,8 @@ def test_report_hashes_the_data_folder_once_and_reads_each_model_once(run, tmp_p
     scan, read = data.scan, predict.load_model
     monkeypatch.setattr(data, "scan", lambda folder: scans.append(folder) or scan(folder))
     monkeypatch.setattr(analysis, "load_model", lambda path: reads.append(path) or read(path))
-    report.write_report(copy, ensemble=2, export_ensemble=True, log=lambda s: None)
+    a = analysis.analyse(copy, ensemble=2, log=lambda s: None)
+    analysis.export_best(a)
+    analysis.export_ensemble(a)
     assert len(scans) == 1, scans
     assert len(reads) == len(set(reads)) and reads, reads

@@ -95,7 +95,7 @@ def test_two_stage_smoke_search_on_the_real_chest_xrays(tmp_path):
     """The recommended space at smoke size: a cheap search stage on a share of the training patients, then the
     best configuration and base retrained on all of them with two training seeds (same split, other weights),
     ranked by their mean; the final model chosen on validation and exported."""
-    out = lungsearch("run", "robust", "--data", real_data(), "--smoke", "--num-samples", 4, "--confirm-top", 1,
+    out = lungsearch("run", "robust", "--data", real_data(), "--smoke", "--num-samples", 2, "--confirm-top", 1,
                      "--max-epochs", 2,
                      "--cpus-per-trial", 1, "--results", tmp_path / "results")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -104,7 +104,7 @@ def test_two_stage_smoke_search_on_the_real_chest_xrays(tmp_path):
     assert manifest["data"]["split"]["protocol"] == "target" and manifest["data"]["images"] >= 5000
     trials = pd.read_csv(run_dir / "trials.csv", keep_default_na=False)
     search, confirm = trials[trials["stage"] == "search"], trials[trials["stage"] == "confirm"]
-    assert len(search) == 4 + 3 and len(confirm) == 2 + 2 + 2  # 1 configuration and base x 2 seeds, 2 once
+    assert len(search) == 2 + 3 and len(confirm) == 2 + 2 + 2  # 1 configuration and base x 2 seeds, 2 once
     assert search["train_images"].max() < confirm["train_images"].min()  # the low rungs train on fewer images
     assert confirm["train_images"].nunique() == 1  # every seed and configuration: the same training part
     base = confirm[confirm["fixed_point"] == "base"]
