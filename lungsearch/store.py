@@ -102,6 +102,17 @@ def collect(run_dir: Path, searched: list[str], conditions: dict[str, list], fai
 
     `failed` names the trials Ray gave up on; a trial that failed and then succeeded on a retry is not one.
     """
+    table, history = tables(run_dir, searched, conditions, failed)
+    table.to_csv(Path(run_dir) / "trials.csv", index=False)
+    history.to_csv(Path(run_dir) / "history.csv", index=False)
+    return table
+
+
+def tables(run_dir: Path, searched: list[str], conditions: dict[str, list],
+           failed: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The trials (best objective first) and their per-epoch history as the trial folders hold them now, written
+    nowhere: a search still running (before its confirmation stage) reads them without leaving a trials.csv that
+    would call the run finished."""
     run_dir = Path(run_dir)
     trials, history = [], []
     for t in map(read_trial, trial_dirs(run_dir)):
@@ -147,9 +158,7 @@ def collect(run_dir: Path, searched: list[str], conditions: dict[str, list], fai
         for col in ("best_epoch", "stopped_at_rung"):
             table[col] = table[col].astype("Int64")
         table = table.sort_values(["objective", "val_f1"], ascending=False, na_position="last")
-    table.to_csv(run_dir / "trials.csv", index=False)
-    pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
-    return table
+    return table, pd.DataFrame(history)
 
 
 def prune_checkpoints(run_dir: Path, table: pd.DataFrame, keep: int) -> list[str]:

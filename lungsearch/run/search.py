@@ -193,7 +193,7 @@ def confirm(fn, run_dir: Path, space: spaces.Space, settings: SearchSettings, ml
     full fidelity with several training seeds, as Ray trials side by side. Returns (Tune's results, whether it
     was interrupted); a resumed run goes on with the stage where it stopped."""
     failed = {Path(r.path).name for r in searched if r.error}
-    table = store.collect(run_dir, sorted(space.params), space.conditions, failed)
+    table, _ = store.tables(run_dir, sorted(space.params), space.conditions, failed)
     folder = run_dir / confirmation.STAGE
     if tune.Tuner.can_restore(str(folder)):
         tuner = tune.Tuner.restore(str(folder), trainable=fn, resume_unfinished=True, restart_errored=True)
@@ -204,7 +204,7 @@ def confirm(fn, run_dir: Path, space: spaces.Space, settings: SearchSettings, ml
         planned = len(configs)
         print(f"confirmation: {confirmation.plan_text(configs, settings)}", flush=True)
         tuner = tune.Tuner(
-            fn, param_space={k: configs[0][k] for k in configs[0]},
+            fn, param_space=dict(configs[0]),  # every config has the same keys; each point sets them all
             tune_config=tune.TuneConfig(
                 metric=OBJECTIVE, mode=OBJECTIVE_MODE, num_samples=planned,
                 search_alg=BasicVariantGenerator(points_to_evaluate=configs),
