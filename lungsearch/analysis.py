@@ -50,6 +50,11 @@ class Run:
         path = self.dir / "checkpoints" / trial / "model.keras"
         return path if path.is_file() else None
 
+    @property
+    def seed(self) -> int:
+        """The run's seed, which also seeds the report's bootstrap resamples."""
+        return int(self.manifest["run_constants"].get("seed", 0))
+
     def model(self, trial: str):
         """The trial's saved model, read from disk once however often the report needs it."""
         if trial not in self.loaded:
@@ -253,7 +258,7 @@ def analyse(run_dir: str | Path, top: int = 5, ensemble: int = 3, data_dir: str 
 def evaluate_trials(run: Run, rdata: "RunData", trials: list[str], n_boot: int,
                     log: Callable[[str], Any]) -> dict[str, Evaluation]:
     """Each trial's saved model on the validation, test and holdout parts."""
-    seed, groups, evals = int(run.manifest["run_constants"].get("seed", 0)), rdata.patients("test"), {}
+    seed, groups, evals = run.seed, rdata.patients("test"), {}
     for trial in trials:
         cfg = run.config(trial)
         model = run.model(trial)
@@ -270,11 +275,11 @@ def evaluate_trials(run: Run, rdata: "RunData", trials: list[str], n_boot: int,
 def combine(name: str, members: list[Evaluation], rdata: "RunData", run: Run, n_boot: int) -> Evaluation:
     """The ensemble of `members`: the mean of their probabilities, evaluated as one model (its own threshold
     chosen on validation)."""
-    first, seed = members[0], int(run.manifest["run_constants"].get("seed", 0))
+    first = members[0]
     if len(members) == 1:
         return first
     return evaluate(name, [t for m in members for t in m.trials], [s for m in members for s in m.image_sizes],
-                    first.y, {k: np.mean([m.p[k] for m in members], axis=0) for k in first.p}, n_boot, seed,
+                    first.y, {k: np.mean([m.p[k] for m in members], axis=0) for k in first.p}, n_boot, run.seed,
                     groups=rdata.patients("test"))
 
 
@@ -283,8 +288,7 @@ def versus_base(best: Evaluation | None, evals: dict[str, Evaluation], run: Run,
     base = next((e for e in evals.values() if e.fixed_point == "base"), None)
     if not (best and base):
         return None
-    seed = int(run.manifest["run_constants"].get("seed", 0))
-    return {"best": best.name, "base": base.name, "metrics": paired_difference(best, base, n_boot, seed)}
+    return {"best": best.name, "base": base.name, "metrics": paired_difference(best, base, n_boot, run.seed)}
 
 
 FINAL_RULE = ("the final model is the better on validation {metric} of two candidates: the confirmed best "
@@ -293,14 +297,17 @@ FINAL_RULE = ("the final model is the better on validation {metric} of two candi
 FINAL_METRIC = {"objective": "AUC", "f1": "F1 at the validation threshold"}
 
 
-def final_candidates(per_config: dict[str, Evaluation], groups: list[list[str]], members: dict[str, Evaluation],
-                     k: int, rdata: "RunData", run: Run, n_boot: int) -> dict[str, Evaluation]:
+def final_candidates(names: list[str], groups: list[list[str]], members: dict[str, Evaluation], k: int,
+                     rdata: "RunData", run: Run, n_boot: int) -> dict[str, Evaluation]:
     """The two candidates of FINAL_RULE: the best configuration's seed ensemble and, when it holds other models,
-    the ensemble of every model of the top k configurations."""
-    if not per_config:
+    the ensemble of every model of the top k configurations. `names` and `groups`: the confirmed configurations,
+    best first, and their saved models."""
+    first = next((i for i, g in enumerate(groups) if g), None)
+    if first is None:
         return {}
-    first, best = next(iter(per_config.items()))
-    candidates = {first: best}
+    best = combine(f"{names[first]} ({count(len(groups[first]), 'seed')})", [members[t] for t in groups[first]],
+                   rdata, run, n_boot)
+    candidates = {names[first]: best}
     top_trials = [t for g in groups[:k] for t in g]
     if set(top_trials) != set(best.trials):
         name = f"ensemble of the top {min(k, len(groups))} configurations"
@@ -324,11 +331,8 @@ def confirmed_analysis(run: Run, board: pd.DataFrame, rdata: "RunData", top: int
     for t, ev in members.items():  # only the first seed's model stands for a fixed point in Table 1
         if ev.fixed_point and int(conf.loc[t, "seed"]) != first_seed:
             ev.fixed_point, ev.name = "", f"{ev.fixed_point} (seed {int(conf.loc[t, 'seed'])})"
-    names = list(confirmed["configuration"])
-    per_config = {n: combine(f"{n} ({count(len(g), 'seed')})", [members[t] for t in g], rdata, run, n_boot)
-                  for n, g in zip(names, groups) if g}
-    candidates = final_candidates(per_config, groups, members, int(run.manifest["settings"].get("confirm_top") or 3),
-                                  rdata, run, n_boot)
+    candidates = final_candidates(list(confirmed["configuration"]), groups, members,
+                                  int(run.manifest["settings"].get("confirm_top") or 3), rdata, run, n_boot)
     metric = "f1" if run.rank_by == "f1" else "auc"
     chosen, scores = (confirmation.choose_final({n: (e.y["val"], e.p["val"]) for n, e in candidates.items()}, metric)
                       if candidates else (None, {}))

@@ -163,8 +163,7 @@ def fit(model: keras.Model, cfg: TrialConfig, x_train: np.ndarray, y_train: np.n
     with a trial does; the last of them is the trial's last epoch (kept weights restored, test scored)."""
     weights = class_weights(y_train) if cfg.class_weight else None
     epochs = epochs or cfg.max_epochs
-    state = EpochReporter(report, cfg, parts, started or time.time(), checkpoint_dir, epochs)
-    state.train_images = len(x_train)
+    state = EpochReporter(report, cfg, parts, started or time.time(), checkpoint_dir, epochs, len(x_train))
     if cfg.mixup > 0:
         model.fit(MixUpBatches(x_train, y_train, cfg.batch_size, cfg.mixup, cfg.seed, weights),
                   epochs=epochs, initial_epoch=initial_epoch, callbacks=[state, *callbacks], verbose=0)
@@ -184,7 +183,7 @@ class EpochReporter(keras.callbacks.Callback):
     """
 
     def __init__(self, report: Report, cfg: TrialConfig, parts: Parts, started: float,
-                 checkpoint_dir: str | Path | None = None, epochs: int | None = None):
+                 checkpoint_dir: str | Path | None = None, epochs: int | None = None, train_images: int = 0):
         super().__init__()
         self.checkpoint_dir, self.epochs = checkpoint_dir, epochs or cfg.max_epochs  # the last epoch
         self.report, self.cfg, self.parts = report, cfg, parts
@@ -196,7 +195,7 @@ class EpochReporter(keras.callbacks.Callback):
         self.last: dict[str, Any] = {}
         self.epoch_started = time.time()
         self.startup_s = 0.0
-        self.train_images = 0  # the number of training images (fit sets it): a low-fidelity trial's are fewer
+        self.train_images = train_images  # reported each epoch: a low-fidelity trial's are fewer
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 0:
