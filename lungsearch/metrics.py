@@ -161,13 +161,20 @@ def paired_difference(best: Scored, base: Scored, n_boot: int = 1000, seed: int 
     return out
 
 
-def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+def counts_by_threshold(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """True and false positives when every score from the highest down to each distinct score is called positive,
+    and the numbers of positives and negatives: what ROC and precision-recall curves are drawn from."""
     y = np.asarray(y).ravel().astype(bool)
     order = np.argsort(-np.asarray(p).ravel(), kind="mergesort")
     tp, fp = np.cumsum(y[order]), np.cumsum(~y[order])
     last = np.r_[np.diff(np.asarray(p).ravel()[order]) != 0, True]
-    return (np.r_[0, fp[last] / max(fp[-1], 1)], np.r_[0, tp[last] / max(tp[-1], 1)])
+    return tp[last], fp[last], int(y.sum()), int((~y).sum())
+
+
+def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+    tp, fp, pos, neg = counts_by_threshold(y, p)
+    return np.r_[0, fp / max(neg, 1)], np.r_[0, tp / max(pos, 1)]
 
 
 # Clinical operating points: (key, the rate held on validation, its floor, the rate reported on test).
@@ -216,11 +223,8 @@ def operating_points(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p
 
 def pr_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Recall and precision at every distinct threshold, from the highest score down (recall 0 to 1)."""
-    y = np.asarray(y).ravel().astype(bool)
-    order = np.argsort(-np.asarray(p).ravel(), kind="mergesort")
-    tp, fp = np.cumsum(y[order]), np.cumsum(~y[order])
-    last = np.r_[np.diff(np.asarray(p).ravel()[order]) != 0, True]
-    recall, precision = tp[last] / max(int(y.sum()), 1), tp[last] / (tp[last] + fp[last])
+    tp, fp, pos, _ = counts_by_threshold(y, p)
+    recall, precision = tp / max(pos, 1), tp / (tp + fp)
     return np.r_[0, recall], np.r_[precision[0] if len(precision) else 1.0, precision]
 
 
