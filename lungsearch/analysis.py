@@ -14,9 +14,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from . import confirmation, data, models, space as spaces, store
+from . import adaptation, confirmation, data, models, space as spaces, store
 from .config import FIXED_POINTS, RANK_BY, RANK_TEXT, TrialConfig, UserError, count
-from .metrics import binary_metrics, bootstrap_ci, paired_difference, val_threshold
+from .metrics import binary_metrics, bootstrap_ci, paired_difference, roc_auc, val_threshold
 from .predict import load_model
 
 FIXED = tuple(FIXED_POINTS)  # base, bn_aug, bn_aug_dropout
@@ -47,7 +47,9 @@ class Run:
     rank_by: str = "objective"  # config.RANK_BY: what the leaderboard ranks by
 
     def checkpoint(self, trial: str) -> Path | None:
-        path = self.dir / "checkpoints" / trial / "model.keras"
+        """The trial's saved model (or a fine-tuned copy's: adaptation.copy_name); None when there is none."""
+        path = (self.dir / adaptation.FOLDER / f"{trial}.keras" if adaptation.FOLD_MARK in trial else
+                self.dir / "checkpoints" / trial / "model.keras")
         return path if path.is_file() else None
 
     @property
@@ -62,7 +64,9 @@ class Run:
         return self.loaded[trial]
 
     def config(self, trial: str) -> TrialConfig:
-        """The trial's full config, inactive conditional parameters dropped, as it was trained."""
+        """The trial's full config, inactive conditional parameters dropped, as it was trained (a fine-tuned copy:
+        its trial's)."""
+        trial = adaptation.source_trial(trial)
         folder = next((self.dir / f / trial for f in store.STAGES if (self.dir / f / trial).is_dir()),
                       self.dir / "ray" / trial)
         params = store.read_json(folder / "params.json")
@@ -341,11 +345,64 @@ def confirmed_analysis(run: Run, board: pd.DataFrame, rdata: "RunData", top: int
     evals = {t: e for t, e in members.items() if e.fixed_point}
     evals.update({g[0]: members[g[0]] for g in groups[:top] if g})
     final = {"rule": FINAL_RULE.format(metric=FINAL_METRIC[run.rank_by]), "metric": f"validation {metric}",
-             "scores": scores, "chosen": chosen, "model": best.name if best else None}
+             "scores": scores, "chosen": chosen}
+    adapted, final["adaptation"] = adapt_final(run, rdata, best, n_boot, log) if best else (None, {})
+    best = adapted if final["adaptation"].get("kept") else best
+    final["model"] = best.name if best else None
     fid = confirmation.fidelity(run.trials, run.history, int(run.manifest["settings"].get("grace_period", 1)))
     ranked = [t for g in groups for t in g]
     return Analysis(run, board, evals, ranked[:top], best, ens, rdata, versus_base(best, members, run, n_boot),
                     confirmed, final, fid)
+
+
+def adapt_final(run: Run, rdata: "RunData", best: Evaluation, n_boot: int,
+                log: Callable[[str], Any]) -> tuple[Evaluation | None, dict[str, Any]]:
+    """The final model adapted to the validation part by cross-fitting (adaptation), and the decision with its
+    fold-by-fold figures; (None, {}) when the run's settings ask for none. Done once per final model: the copies
+    and their predictions are kept in the run folder's adapted/ and read again by a later report."""
+    s = run.manifest["settings"]
+    folds_k = int(s.get("adapt_folds") or 0)
+    if not folds_k:
+        return None, {}
+    key = {"members": best.trials, "folds": folds_k, "epochs": int(s.get("adapt_epochs", 5)),
+           "learning_rate": float(s.get("adapt_learning_rate", 1e-4)), "seed": run.seed}
+    folder = run.dir / adaptation.FOLDER
+    record = store.read_json(folder / adaptation.RECORD) if (folder / adaptation.RECORD).is_file() else {}
+    if {k: record.get(k) for k in key} != key:
+        record = cross_fit_final(run, rdata, best, key, folder, log)
+    p = dict(np.load(folder / adaptation.PREDICTIONS))
+    names = [adaptation.copy_name(t, j) for t in best.trials for j in range(folds_k)]
+    sizes = [size for size in best.image_sizes for _ in range(folds_k)]
+    ev = evaluate(f"{best.name}, adapted", names, sizes, best.y, p, n_boot, run.seed, groups=rdata.patients("test"))
+    text = adaptation.RULE.format(folds=folds_k, epochs=key["epochs"], lr=key["learning_rate"])
+    return ev, {"rule": text, "adapted_from": best.trials, **{k: record[k] for k in ("fold_auc", "gain", "kept")},
+                "val_auc_out_of_fold": roc_auc(best.y["val"], p["val"])}
+
+
+def cross_fit_final(run: Run, rdata: "RunData", best: Evaluation, key: dict[str, Any], folder: Path,
+                    log: Callable[[str], Any]) -> dict[str, Any]:
+    """Run adaptation.cross_fit on the final model `best` and write adapted/: the decision (adaptation.json), the
+    out-of-fold and averaged probabilities, and the copies when they are kept."""
+    members = []
+    for trial in best.trials:
+        model = run.model(trial)
+        parts = rdata.parts(int(model.input_shape[1]), models.decode_normalization(model))
+        members.append(adaptation.Member(trial, model, run.config(trial).tta, {k: x for k, (x, _) in parts.items()}))
+    folds = data.patient_folds(rdata.patients("val"), best.y["val"], key["folds"],
+                               data.run_split_seed(run.manifest["run_constants"]))
+    log(f"adapting the final model ({len(members)} model(s)) to the validation part: {key['folds']} folds")
+    got = adaptation.cross_fit(members, best.y["val"], folds, best.p["val"], key["epochs"], key["learning_rate"],
+                               key["seed"], models.predict_proba, log)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    np.savez(folder / adaptation.PREDICTIONS, **got.p)
+    if got.kept:
+        for name, model in got.copies.items():
+            model.save(folder / f"{name}.keras")
+    record = {**key, "fold_of_val_image": folds.tolist(), "fold_auc": got.fold_auc, "gain": got.gain,
+              "kept": got.kept}
+    store.write_json(folder / adaptation.RECORD, record)
+    return record
 
 
 def asha_rungs(run: Run) -> list[tuple[int, pd.Series]]:

@@ -246,6 +246,9 @@ SETTINGS_RULES: dict[str, Rule] = {
     "confirm_top": ((lambda v: v >= 0), "0 (no confirmation stage) or more"),
     "confirm_seeds": at_least(1),
     "rank_by": ((lambda v: v in RANK_BY), f"one of {', '.join(RANK_BY)}"),
+    "adapt_folds": ((lambda v: v == 0 or v >= 2), "0 (no adaptation) or 2 or more"),
+    "adapt_epochs": at_least(1),
+    "adapt_learning_rate": ((lambda v: 0.0 < v < 1.0), "in (0, 1)"),
 }
 
 
@@ -319,6 +322,12 @@ class SearchSettings:
     # what the leaderboard and the final model's choice rank by (RANK_BY); the search itself (early stopping, ASHA,
     # the searcher) always compares the objective
     rank_by: str = "objective"
+    # Adapting the final model to the validation part's distribution (adapt_folds > 0; see lungsearch.adaptation):
+    # cross-fitted fine-tuning on adapt_folds patient folds of the validation part, adapt_epochs epochs at
+    # adapt_learning_rate, kept only when the held-out folds say it helps. Needs a confirmation stage.
+    adapt_folds: int = 0
+    adapt_epochs: int = 5
+    adapt_learning_rate: float = 1e-4
 
     def __post_init__(self) -> None:
         validate(self, SETTINGS_RULES, [
@@ -327,6 +336,8 @@ class SearchSettings:
             (lambda s: s.confirm_top > 0 or (s.search_fraction == 1.0 and s.search_epochs in (0, s.max_epochs)),
              "confirm_top", "1 or more when the search stage trains at a lower fidelity (search_fraction below 1 "
              "or search_epochs other than max_epochs): only the confirmation stage trains at full fidelity"),
+            (lambda s: s.adapt_folds == 0 or s.confirm_top > 0, "adapt_folds",
+             "0 without a confirmation stage (confirm_top 0): the model it adapts is the confirmation's final model"),
         ])
 
     @property

@@ -405,6 +405,20 @@ def training_share(ds: Dataset, train: np.ndarray, fraction: float, seed: int) -
     return np.sort(train[keep])
 
 
+def patient_folds(patients: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """A fold number (0 to k - 1) per image: whole patients, each class's patients dealt round-robin after a
+    shuffle seeded by `seed`, so every fold holds both classes when each class has k patients or more."""
+    patients, labels = np.asarray(patients, dtype=object), np.ravel(labels)
+    fold = np.zeros(len(patients), dtype=int)
+    rng = np.random.default_rng([seed, 2])  # a stream of its own, like training_share's
+    for c in (0, 1):
+        keys = sorted({p for p, y in zip(patients, labels) if y == c})
+        rng.shuffle(keys)
+        for j, key in enumerate(keys):
+            fold[patients == key] = j % k
+    return fold
+
+
 SPLIT_FILE = "split.json"  # in the run folder: every part's files and content hashes, written once by the driver
 SPLIT_FORMAT = 1
 

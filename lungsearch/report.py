@@ -170,8 +170,24 @@ def confirmation_blocks(a: Analysis) -> list:
               f"end of the trial, {rho_text(fid.get('first_rung_vs_end'))}."),
         ("p", f"**The final model**: {final.get('rule', '')} {final.get('metric', '').capitalize()}: "
               + "; ".join(f"{n} {fmt(v)}" for n, v in final.get("scores", {}).items())
-              + f". Chosen: **{final.get('chosen')}**, exported as `best_model.json`."),
+              + f". Chosen: **{final.get('chosen')}**" + ("." if final.get("adaptation") else
+                                                           ", exported as `best_model.json`.")),
+        *adaptation_blocks(final.get("adaptation") or {}, final.get("model")),
     ]
+
+
+def adaptation_blocks(adapted: dict, model: str | None) -> list:
+    """The cross-fitted adaptation of the final model to the validation part: the rule, each fold's AUC before
+    and after, and whether it was kept."""
+    if not adapted:
+        return []
+    rows = [[str(f["fold"]), str(f["images"]), fmt(f["before"]), fmt(f["adapted"]), f"{f['adapted'] - f['before']:+.4f}"]
+            for f in adapted["fold_auc"]]
+    return [("p", f"**Adaptation to the validation part**: {adapted['rule']}. The mean gain over the folds is "
+                  f"{adapted['gain']:+.4f}, so the adapted model is **{'kept' if adapted['kept'] else 'dropped'}**; "
+                  f"out-of-fold validation AUC {fmt(adapted['val_auc_out_of_fold'])} (pooled over the folds' "
+                  f"copies). Exported as `best_model.json`: **{model}**."),
+            ("table", ["fold", "validation images", "AUC before", "AUC adapted", "difference"], rows)]
 
 
 def importance_blocks(a: Analysis, fig: Path | None) -> list:

@@ -125,6 +125,14 @@ def test_two_stage_smoke_search_on_the_real_chest_xrays(tmp_path):
     report = (run_dir / "report.md").read_text()
     assert "## Confirmation: rankings that hold" in report and re.search(r"\*\*First place (held|did not hold)", report)
     assert "Spearman" in report or "not measurable" in report
+    adapted = card["final_choice"]["adaptation"]  # cross-fitted on 2 folds of the validation part at smoke size
+    assert len(adapted["fold_auc"]) == 2 and adapted["kept"] == (adapted["gain"] > 0)
+    record = json.loads((run_dir / "adapted" / "adaptation.json").read_text())
+    assert record["members"] == adapted["adapted_from"] and len(record["fold_of_val_image"]) > 0
+    copies = [m for m in card["members"] if ".fold" in m["trial"]]
+    assert (len(copies) == 2 * len(record["members"])) == adapted["kept"] == (card["final_choice"]["model"].endswith(
+        ", adapted"))
+    assert "**Adaptation to the validation part**" in report
 
 
 def write_space(tmp_path, settings: str) -> Path:

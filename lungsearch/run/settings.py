@@ -23,7 +23,8 @@ def resolve_settings(space: spaces.Space, overrides: dict[str, Any], smoke: bool
         raise UserError(f"SETTINGS of {space.path}: {err}") from None
     if smoke:
         settings = settings.replace(**SMOKE, num_samples=min(settings.num_samples, 8), search_epochs=0,
-                                    confirm_top=min(settings.confirm_top, 2), confirm_seeds=min(settings.confirm_seeds, 2))
+                                    confirm_top=min(settings.confirm_top, 2), confirm_seeds=min(settings.confirm_seeds, 2),
+                                    adapt_folds=min(settings.adapt_folds, 2), adapt_epochs=min(settings.adapt_epochs, 2))
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         settings = settings.replace(**given)
