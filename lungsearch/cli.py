@@ -54,15 +54,24 @@ SMOKE_HELP = (f"shrink the search to minutes on a laptop: {SMOKE['image_size']} 
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line: the top-level flags, then one sub-parser per command, in the order `--help` lists them."""
     p = argparse.ArgumentParser(prog="lungsearch", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.set_defaults(help_parser=p)  # what a command given without its sub-command prints
     sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for add_command in (add_run_command, add_versus_command, add_resume_command, add_report_command,
+                        add_evaluate_command, add_predict_command, add_explain_command, add_bench_command,
+                        add_spaces_command, add_data_command):
+        add_command(sub)
+    return p
 
-    run = sub.add_parser("run", help="run a search space (the report's fixed points included)",
-                         description="Run a search space: its sampled trials and the report's three models, as "
-                                     "Ray Tune trials. The last line printed is the run folder.")
+
+def add_run_command(commands: argparse._SubParsersAction) -> None:
+    """`lungsearch run SPACE`."""
+    run = commands.add_parser("run", help="run a search space (the report's fixed points included)",
+                              description="Run a search space: its sampled trials and the report's three models, as "
+                                          "Ray Tune trials. The last line printed is the run folder.")
     run.add_argument("space", help="a bundled space by name (ablation, architecture, report, robust: see "
                                    "`lungsearch spaces`), or the path of a space file of your own")
     run.add_argument("--data", metavar="DIR", help="dataset folder with train/ (and optionally val/ and test/) "
@@ -72,6 +81,33 @@ def parser() -> argparse.ArgumentParser:
                           "the other half), patient (patient-grouped, validation from train/), report (the source "
                           "report's random 80:20 image split); default: the space's, else auto (target when the "
                           "dataset has test/, else patient)")
+    add_setting_flags(run)
+    run.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    run.add_argument("--results", "--storage", dest="results", default="results", metavar="DIR",
+                     help="folder for run folders (default: results); on a cluster, a path every node reaches")
+    add_cluster_flags(run)
+    run.add_argument("--searcher", choices=["random", "tpe"],
+                     help="how sampled trials are drawn: random (seeded; the default) or tpe (Optuna's TPE, "
+                          "pip install -e \".[tpe]\")")
+    run.add_argument("--no-fixed-points", dest="fixed_points", action="store_const", const=False,
+                     help="skip the report's three models")
+    run.add_argument("--no-reuse-workers", dest="reuse_workers", action="store_const", const=False,
+                     help="start a fresh worker process for every trial (default: a worker runs trial after trial, "
+                          "so Python, Keras and the decoded images load once per worker)")
+    run.add_argument("--budget-epochs", type=int, metavar="N",
+                     help=overrides("stop every trial once the trials have trained N epochs in all; the search then "
+                                    "finishes with the trials it ran (0: no budget)", "budget_epochs"))
+    run.add_argument("--budget-minutes", type=float, metavar="M",
+                     help=overrides("stop every trial M minutes after the trials started; the search then finishes "
+                                    "with the trials it ran (0: no budget)", "budget_minutes"))
+    run.add_argument("--mlflow", metavar="URI",
+                     help="also log every trial (parameters, metrics per epoch, test metrics) to MLflow: a tracking "
+                          "URI (sqlite:///mlflow.db, http://host:5000) or a folder; pip install -e \".[mlflow]\"")
+
+
+def add_setting_flags(run: argparse.ArgumentParser) -> None:
+    """`run`'s flags that override a SETTINGS key of the space file, --image-size to --keep-checkpoints
+    (--budget-epochs and --budget-minutes, which do too, come later in the help)."""
     run.add_argument("--image-size", type=int, metavar="PX", help=overrides("image side in pixels", "image_size"))
     run.add_argument("--max-epochs", type=int, metavar="N", help=overrides("epoch budget per trial", "max_epochs"))
     run.add_argument("--num-samples", type=int, metavar="N",
@@ -106,9 +142,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-checkpoints", type=int, metavar="N",
                      help=overrides("saved models of the best sampled trials; the fixed points' models are always "
                                     "kept", "keep_checkpoints"))
-    run.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
-    run.add_argument("--results", "--storage", dest="results", default="results", metavar="DIR",
-                     help="folder for run folders (default: results); on a cluster, a path every node reaches")
+
+
+def add_cluster_flags(run: argparse.ArgumentParser) -> None:
+    """`run`'s flags for where trials run: the Ray cluster, each trial's share of it, how many run at once and
+    how often a failed one is retried."""
     run.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT (default: start a local one)")
     run.add_argument("--cpus-per-trial", type=float, metavar="N",
                      help="CPU cores per trial (default: 1 without GPUs; with GPUs, the cluster's CPUs per GPU, "
@@ -118,25 +156,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--max-concurrent", type=int, metavar="N",
                      help="most trials running at once (default: as many as the CPUs and GPUs hold)")
     run.add_argument("--max-failures", type=int, metavar="N", help="retries of a trial that raises (default 1)")
-    run.add_argument("--searcher", choices=["random", "tpe"],
-                     help="how sampled trials are drawn: random (seeded; the default) or tpe (Optuna's TPE, "
-                          "pip install -e \".[tpe]\")")
-    run.add_argument("--no-fixed-points", dest="fixed_points", action="store_const", const=False,
-                     help="skip the report's three models")
-    run.add_argument("--no-reuse-workers", dest="reuse_workers", action="store_const", const=False,
-                     help="start a fresh worker process for every trial (default: a worker runs trial after trial, "
-                          "so Python, Keras and the decoded images load once per worker)")
-    run.add_argument("--budget-epochs", type=int, metavar="N",
-                     help=overrides("stop every trial once the trials have trained N epochs in all; the search then "
-                                    "finishes with the trials it ran (0: no budget)", "budget_epochs"))
-    run.add_argument("--budget-minutes", type=float, metavar="M",
-                     help=overrides("stop every trial M minutes after the trials started; the search then finishes "
-                                    "with the trials it ran (0: no budget)", "budget_minutes"))
-    run.add_argument("--mlflow", metavar="URI",
-                     help="also log every trial (parameters, metrics per epoch, test metrics) to MLflow: a tracking "
-                          "URI (sqlite:///mlflow.db, http://host:5000) or a folder; pip install -e \".[mlflow]\"")
 
-    versus = sub.add_parser(
+
+def add_versus_command(commands: argparse._SubParsersAction) -> None:
+    """`lungsearch versus SPACE`."""
+    versus = commands.add_parser(
         "versus", help="race lungsearch against keras-tuner and Optuna on a space, with the same budget",
         description="Race, one after the other on this machine with the same data, split, image size, epoch cap, "
                     "seed and budget: lungsearch (ASHA with random and TPE sampling), keras-tuner RandomSearch and "
@@ -159,12 +183,18 @@ def parser() -> argparse.ArgumentParser:
     versus.add_argument("--results", default="results", metavar="DIR",
                         help="folder for the race's folder (default: results)")
 
-    resume = sub.add_parser("resume", help="finish an interrupted search without rerunning finished trials")
+
+def add_resume_command(commands: argparse._SubParsersAction) -> None:
+    """`lungsearch resume RUN_DIR`."""
+    resume = commands.add_parser("resume", help="finish an interrupted search without rerunning finished trials")
     resume.add_argument("run_dir", help="the interrupted run's folder (printed by `run` as `run folder: ...`)")
     resume.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT")
 
-    report = sub.add_parser("report", help="rank trials, evaluate the best on test, write report.html and export "
-                                           "the best model (run does this at its end)")
+
+def add_report_command(commands: argparse._SubParsersAction) -> None:
+    """`lungsearch report RUN_DIR`."""
+    report = commands.add_parser("report", help="rank trials, evaluate the best on test, write report.html and export "
+                                                "the best model (run does this at its end)")
     report.add_argument("run_dir", help="a run folder (the last line `run` printed)")
     report.add_argument("--top", type=int, default=5, metavar="N", help="top trials to evaluate on test (default 5)")
     report.add_argument("--ensemble", type=int, metavar="K",
@@ -177,18 +207,29 @@ def parser() -> argparse.ArgumentParser:
                              "validation F1 at the threshold chosen on validation, as the design card asked "
                              "(default: the run's SETTINGS 'rank_by', else objective)")
 
-    evaluate = sub.add_parser("evaluate", help="metrics of a model on a dataset folder's test/ part (or all images)")
+
+def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
+    """`lungsearch evaluate MODEL`."""
+    evaluate = commands.add_parser("evaluate",
+                                   help="metrics of a model on a dataset folder's test/ part (or all images)")
     evaluate.add_argument("model", help="a .keras file, best_model.json or ensemble.json")
     evaluate.add_argument("--data", metavar="DIR", help="dataset folder (default: $LUNGSEARCH_DATA)")
 
-    predict = sub.add_parser("predict", help="probability and label of each image")
+
+def add_predict_command(commands: argparse._SubParsersAction) -> None:
+    """`lungsearch predict MODEL IMAGE...`."""
+    predict = commands.add_parser("predict", help="probability and label of each image")
     predict.add_argument("model", help="a .keras file, best_model.json or ensemble.json")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (.jpeg, .jpg, .png)")
 
-    explain = sub.add_parser("explain", help="where a model looks: a saliency overlay (Grad-CAM) per image",
-                             description="Write a heat-map overlay per image (Grad-CAM under TensorFlow and JAX, "
-                                         "occlusion sensitivity otherwise) and print path, probability, label, the "
-                                         "saliency share in the image's outer border, and the overlay's path.")
+
+def add_explain_command(commands: argparse._SubParsersAction) -> None:
+    """`lungsearch explain MODEL IMAGE...`."""
+    explain = commands.add_parser(
+        "explain", help="where a model looks: a saliency overlay (Grad-CAM) per image",
+        description="Write a heat-map overlay per image (Grad-CAM under TensorFlow and JAX, "
+                    "occlusion sensitivity otherwise) and print path, probability, label, the "
+                    "saliency share in the image's outer border, and the overlay's path.")
     explain.add_argument("model", help="a .keras file, best_model.json or ensemble.json")
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files (.jpeg, .jpg, .png)")
     explain.add_argument("--out", default="explain", metavar="DIR", help="folder for the overlays (default: explain)")
@@ -196,7 +237,10 @@ def parser() -> argparse.ArgumentParser:
                          help="auto (default): Grad-CAM where the Keras backend gives gradients (TensorFlow, JAX), "
                               "else occlusion")
 
-    bench = sub.add_parser("bench", help="time epochs with and without augmentation, trial start-up, trials/hour")
+
+def add_bench_command(commands: argparse._SubParsersAction) -> None:
+    """`lungsearch bench`."""
+    bench = commands.add_parser("bench", help="time epochs with and without augmentation, trial start-up, trials/hour")
     bench.add_argument("--data", metavar="DIR", help="dataset folder (default: $LUNGSEARCH_DATA)")
     bench.add_argument("--smoke", action="store_true", help="48 px and 480 images (as run --smoke) instead of 150 px "
                                                             "and all")
@@ -212,10 +256,17 @@ def parser() -> argparse.ArgumentParser:
                        help="with --efficiency: time the solo epochs of at most N of the run's configurations (a seeded "
                             "random choice) and count the others' epochs at their epoch-weighted mean (default: all)")
 
-    sub.add_parser("spaces", help="list the bundled search spaces and the question each answers",
-                   description="List the search spaces installed with lungsearch; `lungsearch run NAME` runs one.")
 
-    data_cmd = sub.add_parser("data", help="dataset tools: prepare (unpack a download), check")
+def add_spaces_command(commands: argparse._SubParsersAction) -> None:
+    """`lungsearch spaces`."""
+    commands.add_parser(
+        "spaces", help="list the bundled search spaces and the question each answers",
+        description="List the search spaces installed with lungsearch; `lungsearch run NAME` runs one.")
+
+
+def add_data_command(commands: argparse._SubParsersAction) -> None:
+    """`lungsearch data check` and `lungsearch data prepare`."""
+    data_cmd = commands.add_parser("data", help="dataset tools: prepare (unpack a download), check")
     data_cmd.set_defaults(help_parser=data_cmd)
     data_sub = data_cmd.add_subparsers(dest="data_command", metavar="COMMAND", title="commands")
     dc = data_sub.add_parser("check", help="counts, sizes, unreadable files, duplicates and shared patients")
@@ -229,7 +280,6 @@ def parser() -> argparse.ArgumentParser:
     dp.add_argument("archive", help="the downloaded .zip archive")
     dp.add_argument("dest", help="the folder to create (it must not exist, or be empty, or hold an earlier prepare "
                                  "of the same archive)")
-    return p
 
 
 KERAS_COMMANDS = ("run", "resume", "versus", "report", "evaluate", "predict", "explain", "bench")

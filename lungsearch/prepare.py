@@ -207,6 +207,22 @@ def prepare(archive: str | Path, dest: str | Path, log: Callable[[str], object] 
     non-empty `dest`, too little disk space) are UserErrors raised before `dest` exists."""
     archive = Path(archive).expanduser()
     dest = Path(dest).expanduser().absolute()
+    with open_archive(archive) as zf:
+        plan = make_plan(zf, archive)
+        counts = checked_counts(plan, archive)
+        digest = plan.digest()
+        if check_dest(dest, digest):
+            log(f"{data.shown(dest)} already holds this archive, complete:\n{table(counts)}")
+            log(f"--data {shlex.quote(str(dest))}")
+            return dest
+        check_room(dest, plan)
+        unpack_atomically(zf, plan, archive, dest, counts, digest, log)
+    log_summary(plan, counts, dest, log)
+    return dest
+
+
+def open_archive(archive: Path) -> zipfile.ZipFile:
+    """The opened zip archive; UserError when `archive` is a folder, missing, not a zip or unreadable."""
     if archive.is_dir():
         found = [p for p in sorted(archive.rglob("*")) if p.is_dir() and p.name.lower() == "train"][:1]
         hint = f"; pass --data {shlex.quote(str(found[0].parent))} to use it as it is" if found else ""
@@ -218,54 +234,70 @@ def prepare(archive: str | Path, dest: str | Path, log: Callable[[str], object] 
                         f"unpacks .zip files; unpack other archives yourself and pass the folder holding train/ "
                         f"as --data")
     try:
-        zf = zipfile.ZipFile(archive)
+        return zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as err:
         raise UserError(f"cannot open the archive {data.shown(archive)} ({err}); download it again") from err
-    with zf:
-        plan = make_plan(zf, archive)
-        if not plan.members:
-            sample = f" (e.g. {data.shown(plan.outside[0])})" if plan.outside else ""
-            raise UserError(f"archive {data.shown(archive)} holds no images in part/class folders: expected {LAYOUT}; "
-                            f"found {len(plan.outside)} image(s) elsewhere{sample}. Nothing was written")
-        counts = plan.count_table()
-        missing = [f"{part}/{c}" for part, by_class in counts.items() for c, n in by_class.items() if n == 0]
-        if missing:
-            raise UserError(f"archive {data.shown(archive)} has no images in {', '.join(missing)}:\n{table(counts)}\n"
-                            f"a classifier needs both classes, NORMAL and PNEUMONIA, in every part; this is not the "
-                            f"complete dataset (download it again). Nothing was written")
-        digest = plan.digest()
-        if check_dest(dest, digest):
-            log(f"{data.shown(dest)} already holds this archive, complete:\n{table(counts)}")
-            log(f"--data {shlex.quote(str(dest))}")
-            return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        cache.writable_folder(dest.parent, "DEST's parent folder", "pass a DEST in a folder you can write to")
-        free = shutil.disk_usage(dest.parent).free
-        if free < plan.bytes * 1.05 + (50 << 20):
-            raise UserError(f"not enough disk space in {data.shown(dest.parent)}: the images take "
-                            f"{plan.bytes / 1e9:.2f} GB and {free / 1e9:.2f} GB are free. Nothing was written")
-        clean_stale(dest)
-        tmp = dest.parent / f".{dest.name}.incomplete-{os.getpid()}"
+
+
+def checked_counts(plan: Plan, archive: Path) -> dict[str, dict[str, int]]:
+    """The plan's images per part and class; UserError when it has no images in part/class folders, or a part
+    lacks one of the classes."""
+    if not plan.members:
+        sample = f" (e.g. {data.shown(plan.outside[0])})" if plan.outside else ""
+        raise UserError(f"archive {data.shown(archive)} holds no images in part/class folders: expected {LAYOUT}; "
+                        f"found {len(plan.outside)} image(s) elsewhere{sample}. Nothing was written")
+    counts = plan.count_table()
+    missing = [f"{part}/{c}" for part, by_class in counts.items() for c, n in by_class.items() if n == 0]
+    if missing:
+        raise UserError(f"archive {data.shown(archive)} has no images in {', '.join(missing)}:\n{table(counts)}\n"
+                        f"a classifier needs both classes, NORMAL and PNEUMONIA, in every part; this is not the "
+                        f"complete dataset (download it again). Nothing was written")
+    return counts
+
+
+def check_room(dest: Path, plan: Plan) -> None:
+    """Create `dest`'s parent folder; UserError when it cannot be written to or has too little free space for the
+    plan's images."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    cache.writable_folder(dest.parent, "DEST's parent folder", "pass a DEST in a folder you can write to")
+    free = shutil.disk_usage(dest.parent).free
+    if free < plan.bytes * 1.05 + (50 << 20):
+        raise UserError(f"not enough disk space in {data.shown(dest.parent)}: the images take "
+                        f"{plan.bytes / 1e9:.2f} GB and {free / 1e9:.2f} GB are free. Nothing was written")
+
+
+def unpack_atomically(zf: zipfile.ZipFile, plan: Plan, archive: Path, dest: Path, counts: dict[str, dict[str, int]],
+                      digest: str, log: Callable[[str], object]) -> None:
+    """Extract the plan's images into a temporary folder beside `dest`, check what was written, add the marker
+    and rename the folder to `dest`. On an error or Ctrl-C the temporary folder is removed: nothing half-made is
+    left."""
+    clean_stale(dest)
+    tmp = dest.parent / f".{dest.name}.incomplete-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"unpacking {len(plan.members):,} images ({plan.bytes / 1e6:,.0f} MB) from {data.shown(archive)}")
+    try:
+        tmp.mkdir()
+        extract(zf, plan, tmp, archive)
+        written = on_disk(tmp)
+        if written != counts:
+            raise UserError(f"unpacking wrote other counts than the archive lists ({written} instead of "
+                            f"{counts}); nothing was kept")
+        (tmp / MARKER).write_text(json.dumps({
+            "archive": archive.name, "archive_bytes": archive.stat().st_size, "content": digest,
+            "counts": counts, "skipped": {"junk": plan.junk, "links": plan.links, "non_images": plan.non_images,
+                                          "duplicates": plan.duplicates, "conflicts": len(plan.conflicts),
+                                          "outside_layout": len(plan.outside)}}, indent=1))
+        if dest.exists():
+            dest.rmdir()  # check_dest found it empty
+        os.replace(tmp, dest)
+    except BaseException:  # an error or Ctrl-C: nothing half-made is left
         shutil.rmtree(tmp, ignore_errors=True)
-        log(f"unpacking {len(plan.members):,} images ({plan.bytes / 1e6:,.0f} MB) from {data.shown(archive)}")
-        try:
-            tmp.mkdir()
-            extract(zf, plan, tmp, archive)
-            written = on_disk(tmp)
-            if written != counts:
-                raise UserError(f"unpacking wrote other counts than the archive lists ({written} instead of "
-                                f"{counts}); nothing was kept")
-            (tmp / MARKER).write_text(json.dumps({
-                "archive": archive.name, "archive_bytes": archive.stat().st_size, "content": digest,
-                "counts": counts, "skipped": {"junk": plan.junk, "links": plan.links, "non_images": plan.non_images,
-                                              "duplicates": plan.duplicates, "conflicts": len(plan.conflicts),
-                                              "outside_layout": len(plan.outside)}}, indent=1))
-            if dest.exists():
-                dest.rmdir()  # check_dest found it empty
-            os.replace(tmp, dest)
-        except BaseException:  # an error or Ctrl-C: nothing half-made is left
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        raise
+
+
+def log_summary(plan: Plan, counts: dict[str, dict[str, int]], dest: Path, log: Callable[[str], object]) -> None:
+    """After unpacking: the counts table, what was skipped, warnings (to stderr) about conflicting copies and a
+    missing train/ part, and last the --data to use."""
     log(table(counts))
     skipped = [f"{n:,} {what}" for n, what in ((plan.duplicates, "second copies of the same file"),
                                                (plan.junk, "__MACOSX/ and dot files"),
@@ -284,4 +316,3 @@ def prepare(archive: str | Path, dest: str | Path, log: Callable[[str], object] 
               file=sys.stderr)
     log(f"check it with: lungsearch data check {shlex.quote(str(dest))}")
     log(f"--data {shlex.quote(str(dest))}")
-    return dest
