@@ -228,7 +228,7 @@ def to_ray(param) -> Any:
     step = float(step)
     count = int(math.floor((hi - lo) / step + 1e-9))
     if on_grid(lo, step):  # Ray wants both bounds on the grid: the largest value keras-tuner draws
-        domain = tune.quniform(lo, lo + count * step, step)
+        domain = tune.quniform(lo, round(lo + count * step, 12), step)  # 6 * 0.1 is 0.6000000000000001
         domain.set_sampler(rounded_grid()(domain.get_sampler().sampler, step), allow_override=True)
         return domain
     return tune.choice([round(lo + i * step, 12) for i in range(count + 1)])

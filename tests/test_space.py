@@ -154,6 +154,22 @@ def test_shipped_spaces_load_with_a_docstring_and_command(name):
     assert f"spaces/{name}.py" in loaded.doc
 
 
+@pytest.mark.parametrize("name", ["robust", "architecture"])
+def test_stepped_float_ranges_reach_optuna_with_bounds_on_the_grid(name):
+    """TPE's Optuna distributions take the space's bounds as written: 0.0 to 0.6 by 0.1 ends at 0.6, not
+    0.6000000000000001, which Optuna warns about and replaces."""
+    import warnings
+
+    from ray.tune.search.optuna import OptunaSearch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converted = OptunaSearch.convert_search_space(space.ray_space(space.load(REPO / "spaces" / f"{name}.py")))
+    assert not [w for w in caught if "step" in str(w.message)]
+    if name == "robust":
+        assert converted["dropout"].high == 0.6 and converted["dropout"].step == 0.1
+
+
 @pytest.mark.parametrize("spec", ["ablation", "ablation.py", "spaces/ablation.py", "./spaces/ablation.py"])
 def test_a_bundled_space_is_found_by_name_from_any_folder(spec, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no spaces/ folder here
