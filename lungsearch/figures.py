@@ -14,9 +14,9 @@ from .analysis import Analysis, fmt
 from .metrics import roc_points
 
 CURVE_METRICS = ("loss", "accuracy", "f1", "auc", "precision", "recall")
-STATUS_COLOURS = {"finished": "tab:green", "stopped": "tab:orange", "diverged": "tab:brown", "failed": "tab:red",
-                  "not started": "grey"}
-STATUS_WORDS = "green: finished, orange: stopped by ASHA, brown: diverged"
+STATUS_COLOURS = {"finished": "tab:green", "stopped": "tab:orange", "budget": "tab:purple", "diverged": "tab:brown",
+                  "failed": "tab:red", "not started": "grey"}
+STATUS_WORDS = "green: finished, orange: stopped by ASHA, purple: stopped by the spent budget, brown: diverged"
 
 
 def save(fig: Figure, path: Path) -> Path:

@@ -86,15 +86,34 @@ def read_trial(trial_dir: Path) -> dict[str, Any]:
             "error": error}
 
 
-def trial_status(trial: dict[str, Any], failed: set[str]) -> str:
-    """finished (ran to its end), diverged (its loss became NaN or infinite), failed (raised on its last
-    try), stopped (by ASHA) or not started."""
-    rows = trial["rows"]
-    if rows and rows[-1].get("final"):
-        return "diverged" if rows[-1].get("diverged") else "finished"
-    if trial["dir"].name in failed:
+# How a trial ended, and the words for it. "stopped" is ASHA's doing; "budget" the search's spent budget (the trial
+# was still training when it ran out, so it was never judged at a rung it did not reach).
+OUTCOMES = {"finished": "finished", "diverged": "diverged (loss not finite)", "stopped": "stopped early by ASHA",
+            "budget": "stopped: the budget is spent", "failed": "failed", "not started": "not started"}
+BUDGET_STOPS = "budget_stops.txt"  # in the run folder: the trials the spent budget stopped, a name a line
+
+
+def trial_outcome(last: dict[str, Any], failed: bool, budget_stopped: bool) -> str:
+    """How a trial ended (a key of OUTCOMES), from its last epoch's result `last` ({} if it trained none), whether
+    Ray gave up on it, and whether the spent budget stopped it. The one rule the run folder's tables and the
+    console's lines share."""
+    if last.get("final"):
+        return "diverged" if last.get("diverged") else "finished"
+    if failed:
         return "failed"
-    return "stopped" if rows else "not started"
+    if not (last.get("epoch") or last.get("training_iteration")):
+        return "not started"
+    return "budget" if budget_stopped else "stopped"
+
+
+def note_budget_stop(run_dir: str | Path, trial: str) -> None:
+    with open(Path(run_dir) / BUDGET_STOPS, "a") as f:
+        f.write(trial + "\n")
+
+
+def budget_stops(run_dir: str | Path) -> set[str]:
+    path = Path(run_dir) / BUDGET_STOPS
+    return set(path.read_text().split()) if path.is_file() else set()
 
 
 def collect(run_dir: Path, searched: list[str], conditions: dict[str, list], failed: set[str]) -> pd.DataFrame:
@@ -114,12 +133,12 @@ def tables(run_dir: Path, searched: list[str], conditions: dict[str, list],
     nowhere: a search still running (before its confirmation stage) reads them without leaving a trials.csv that
     would call the run finished."""
     run_dir = Path(run_dir)
-    trials, history = [], []
+    trials, history, by_budget = [], [], budget_stops(run_dir)
     for t in map(read_trial, trial_dirs(run_dir)):
         active = spaces.active(t["config"], conditions)
         rows, last = t["rows"], (t["rows"][-1] if t["rows"] else {})
-        status = trial_status(t, failed)
         name = t["dir"].name
+        status = trial_outcome(last, name in failed, name in by_budget)
         best_epoch = last.get("kept_epoch") or None  # the epoch whose weights the trial keeps (or kept)
         best = next((r for r in rows if r.get("epoch") == best_epoch), {})
         record = {

@@ -5,6 +5,7 @@ import logging
 import re
 from types import SimpleNamespace
 
+import pandas as pd
 import ray.cloudpickle
 
 from lungsearch.run.progress import RAY_LOG, RAY_LOG_HANDLER, Progress, RayLog, duration, quiet_ray
@@ -185,3 +186,42 @@ def test_trials_a_ctrl_c_ended_are_not_counted_as_stopped_by_asha(capsys):
     progress.on_experiment_end(trials)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "1 finished, 0 stopped early, 0 failed, 1 interrupted of 3 | 6 epochs trained" in last
+
+
+def test_a_trial_the_spent_budget_stopped_is_not_called_stopped_by_asha(capsys, tmp_path):
+    """Two trials, a budget of 3 epochs: one is stopped by ASHA after 1 epoch, the other is still training when the
+    budget runs out. The console, budget_stops.txt and the run folder's table all say which is which."""
+    from lungsearch import store
+
+    progress = Progress(2, max_epochs=4, budget_epochs=3, live=False, clock=Clock(), run_dir=str(tmp_path))
+    progress.setup()
+    judged, cut = trial("d_0"), trial("d_1")
+    trials = [judged, cut]
+    epoch(judged, 1, 0.6)
+    progress.on_step_end(0, trials)
+    progress.on_trial_complete(1, trials, judged)  # ASHA's doing: the budget is not spent yet
+    judged.status = "TERMINATED"
+    epoch(cut, 2, 0.8)
+    progress.on_step_end(1, trials)  # 3 epochs: the budget is spent
+    progress.on_trial_complete(2, trials, cut)
+    cut.status = "TERMINATED"
+    progress.on_experiment_end(trials)
+    out = capsys.readouterr().out
+    assert "trial_d_0 stopped early by ASHA after 1 epoch" in out
+    assert "trial_d_1 stopped: the budget is spent after 2 epochs" in out
+    assert "0 finished, 1 stopped early, 1 stopped by the budget, 0 failed of at most 2" in out.strip().splitlines()[-1]
+    assert store.budget_stops(tmp_path) == {"trial_d_1"}
+    assert store.trial_outcome({"epoch": 2}, False, True) == "budget"
+    assert store.trial_outcome({"epoch": 2, "final": True}, False, True) == "finished"
+    assert store.trial_outcome({}, False, False) == "not started"
+    assert store.trial_outcome({}, True, False) == "failed"
+    for name, epochs in (("trial_d_0", 1), ("trial_d_1", 2)):  # the run folder's table reads the same outcomes
+        folder = tmp_path / "ray" / name
+        folder.mkdir(parents=True)
+        (folder / "params.json").write_text('{"fixed_point": ""}')
+        (folder / "result.json").write_text("\n".join(f'{{"epoch": {e}, "objective": 0.7}}' for e in
+                                                      range(1, epochs + 1)))
+    table, _ = store.tables(tmp_path, [], {}, set())
+    status = table.set_index("trial")
+    assert status.loc["trial_d_0", "status"] == "stopped" and status.loc["trial_d_0", "stopped_at_rung"] == 1
+    assert status.loc["trial_d_1", "status"] == "budget" and status.loc["trial_d_1", "stopped_at_rung"] is pd.NA

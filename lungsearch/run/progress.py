@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ray import tune
 
+from .. import store
 from ..config import OBJECTIVE, count
 
 RAY_LOG = "ray.log"  # in the run folder: what Ray logs (its warnings, a failed trial's traceback)
@@ -103,21 +104,23 @@ class Progress(tune.Callback):
     showing: list["Progress"] = []  # those with a live line on the terminal now (close_all)
 
     def __init__(self, total: int, max_epochs: int | None = None, budget_epochs: int = 0, budget_s: float = 0.0,
-                 live: bool | None = None, console=None, clock=time.monotonic):
+                 live: bool | None = None, console=None, clock=time.monotonic, run_dir: str | Path | None = None):
         self.total, self.max_epochs, self.live, self.console, self.clock = total, max_epochs, live, console, clock
+        self.run_dir = run_dir  # where the trials the budget stopped are noted (store.note_budget_stop)
         self.budget_epochs, self.budget_s, self.epochs = budget_epochs, budget_s, 0
         self.started, self.beat, self.drawn, self.display = clock(), -math.inf, -math.inf, None
         self.done_at_start: float | None = None
         self.ended_ids: set[str] = set()  # trials that ended before (a resumed search) or that Tune said ended
+        self.ended_as: dict[str, str] = {}  # trial id: how it ended, when Tune said so (ended)
 
     def __getstate__(self) -> dict:
         return {"total": self.total, "max_epochs": self.max_epochs, "budget_epochs": self.budget_epochs,
-                "budget_s": self.budget_s}
+                "budget_s": self.budget_s, "run_dir": self.run_dir}
 
     def __setstate__(self, state: dict) -> None:
         """`resume` unpickles this callback from the experiment: count afresh from now, on today's terminal."""
         self.__init__(state["total"], state.get("max_epochs"), state.get("budget_epochs", 0),
-                      state.get("budget_s", 0.0))
+                      state.get("budget_s", 0.0), run_dir=state.get("run_dir"))
 
     def setup(self, **info) -> None:
         self.started = self.clock()
@@ -133,14 +136,15 @@ class Progress(tune.Callback):
             Progress.showing.append(self)
 
     def outcome(self, trial) -> str:
-        """running, waiting, finished, diverged, stopped (by ASHA), failed, or interrupted (Tune marks the trials
-        a Ctrl-C stopped as ended too: those it never said ended; waiting if they never trained)."""
+        """running, waiting, interrupted (Tune marks the trials a Ctrl-C stopped as ended too: those it never said
+        ended; waiting if they never trained), or how an ended trial ended (store.trial_outcome)."""
         last = trial.last_result or {}
         if trial.status == "TERMINATED":
-            if last.get("final"):
-                return "diverged" if last.get("diverged") else "finished"
-            if trial.trial_id in self.ended_ids or (self.budget_spent() and last.get("training_iteration")):
-                return "stopped"  # by ASHA, or by the spent budget
+            if trial.trial_id in self.ended_as:
+                return self.ended_as[trial.trial_id]
+            ended = last.get("final") or trial.trial_id in self.ended_ids or self.budget_spent()
+            if ended and last.get("training_iteration"):  # before a resume, or stopped with the rest at the budget
+                return store.trial_outcome(last, False, self.budget_spent() and trial.trial_id not in self.ended_ids)
             return "interrupted" if last.get("training_iteration") else "waiting"
         return {"RUNNING": "running", "ERROR": "failed"}.get(trial.status, "waiting")
 
@@ -149,13 +153,13 @@ class Progress(tune.Callback):
         return f"[{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}]"
 
     def status(self, trials) -> str:
-        counts = dict.fromkeys(("running", "waiting", "finished", "stopped", "failed", "interrupted"), 0)
+        counts = dict.fromkeys(("running", "waiting", "finished", "stopped", "budget", "failed", "interrupted"), 0)
         best, best_trial, epochs, done = None, "", 0, 0.0
         if self.done_at_start is None:  # what a resumed search had already ended
             self.ended_ids |= {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
         for t in trials:
             last, kind = t.last_result or {}, self.outcome(t)
-            counts["finished" if kind == "diverged" else kind] += 1
+            counts["finished" if kind == "diverged" else "waiting" if kind == "not started" else kind] += 1
             epochs += int(last.get("training_iteration", 0) or 0)
             score = last.get(OBJECTIVE)
             if isinstance(score, (int, float)) and math.isfinite(score) and (best is None or score > best):
@@ -180,8 +184,9 @@ class Progress(tune.Callback):
         best_text = f"best val AUC {best:.4f} ({best_trial})" if best is not None else "best val AUC -"
         planned = f"at most {self.total}" if self.budget_epochs or self.budget_s else f"{self.total}"
         return (f"{counts['running']} running, {counts['finished']} finished, {counts['stopped']} stopped early, "
-                f"{counts['failed']} failed" + (f", {counts['interrupted']} interrupted" if counts["interrupted"]
-                                                else "") + f" of {planned} | {trained} | {best_text}{left}")
+                + (f"{counts['budget']} stopped by the budget, " if counts["budget"] else "")
+                + f"{counts['failed']} failed" + (f", {counts['interrupted']} interrupted" if counts["interrupted"]
+                                                  else "") + f" of {planned} | {trained} | {best_text}{left}")
 
     def budget_spent(self) -> bool:
         return bool(self.budget_epochs and self.epochs >= self.budget_epochs) or bool(
@@ -214,8 +219,9 @@ class Progress(tune.Callback):
         """The line for a trial that ended (Tune calls back before it sets the trial's status)."""
         self.ended_ids.add(trial.trial_id)
         last = trial.last_result or {}
-        kind = "failed" if failed else ("diverged" if last.get("diverged") else "finished") if last.get("final") \
-            else "stopped"
+        kind = self.ended_as[trial.trial_id] = store.trial_outcome(last, failed, self.budget_spent())
+        if kind == "budget" and self.run_dir:
+            store.note_budget_stop(self.run_dir, trial_name(trial))
         epochs = int(last.get("training_iteration", 0) or 0)
         score = last.get(OBJECTIVE)
         auc = f", val AUC {score:.4f}" if isinstance(score, (int, float)) and math.isfinite(score) else ""
@@ -227,10 +233,7 @@ class Progress(tune.Callback):
             except (AttributeError, OSError):
                 pass
             return f"{trial_name(trial)} failed after {count(epochs, 'epoch')}{error}"
-        what = {"finished": "finished", "diverged": "diverged (loss not finite)",
-                "stopped": "stopped: the budget is spent" if self.budget_spent() else "stopped early by ASHA"}.get(
-            kind, kind)
-        return f"{trial_name(trial)} {what} after {count(epochs, 'epoch')}{auc}"
+        return f"{trial_name(trial)} {store.OUTCOMES[kind]} after {count(epochs, 'epoch')}{auc}"
 
     def on_step_end(self, iteration, trials, **info):
         self.tick(trials)

@@ -179,7 +179,8 @@ def search_tuner(fn, run_dir: Path, settings: SearchSettings, param_space: dict,
         ),
         run_config=tune.RunConfig(
             name="ray", storage_path=str(run_dir), verbose=0,
-            callbacks=[Progress(total, settings.stage_epochs, settings.budget_epochs, settings.budget_minutes * 60),
+            callbacks=[Progress(total, settings.stage_epochs, settings.budget_epochs, settings.budget_minutes * 60,
+                                run_dir=str(run_dir)),
                        *([mlflow_callback(mlflow, run_dir)] if mlflow else [])],
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             stop=(Budget(run_dir, settings.budget_epochs, settings.budget_minutes)
