@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from typing import Any
 
 from .config import SEARCH_SPLITS, SMOKE, SearchSettings, UserError
 
@@ -139,6 +140,10 @@ def add_setting_flags(run: argparse.ArgumentParser) -> None:
                                     "confirm_top"))
     run.add_argument("--confirm-seeds", type=int, metavar="R",
                      help=overrides("training seeds per confirmed configuration", "confirm_seeds"))
+    run.add_argument("--adapt-folds", type=int, metavar="K",
+                     help=overrides("adapt the final model to the validation part by cross-fitting over K patient "
+                                    "folds, kept only when the held-out folds say it helps (0: none; needs "
+                                    "--confirm-top)", "adapt_folds"))
     run.add_argument("--keep-checkpoints", type=int, metavar="N",
                      help=overrides("saved models of the best sampled trials; the fixed points' models are always "
                                     "kept", "keep_checkpoints"))
@@ -389,24 +394,19 @@ def search(args: argparse.Namespace) -> int:
         return exit_code(run_or_resume(args))
 
 
+def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """What `run`'s flags set of SearchSettings (None where a flag was not given: the space's SETTINGS decide)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchSettings) if hasattr(args, f.name)}
+
+
 def run_or_resume(args: argparse.Namespace) -> int:
     """`search` with SIGTERM handled as Ctrl-C: its exit status, 130 for either."""
     from .run import SearchIncomplete, resume_search, run_search
 
     try:
         if args.command == "run":
-            run_dir = run_search(
-                args.space, args.data, args.results, smoke=args.smoke, address=args.address,
-                split=args.split, image_size=args.image_size, max_epochs=args.max_epochs,
-                num_samples=args.num_samples, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
-                gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-                max_failures=args.max_failures, searcher=args.searcher, fixed_points=args.fixed_points,
-                patience=args.patience, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-                keep_checkpoints=args.keep_checkpoints, reuse_workers=args.reuse_workers,
-                budget_epochs=args.budget_epochs, budget_minutes=args.budget_minutes, mlflow=args.mlflow,
-                split_seed=args.split_seed, search_fraction=args.search_fraction, search_epochs=args.search_epochs,
-                brackets=args.brackets, confirm_top=args.confirm_top, confirm_seeds=args.confirm_seeds,
-            )
+            run_dir = run_search(args.space, args.data, args.results, smoke=args.smoke, address=args.address,
+                                 mlflow=args.mlflow, **setting_overrides(args))
         else:
             run_dir = resume_search(args.run_dir, args.address)
     except SearchIncomplete as err:

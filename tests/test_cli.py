@@ -2,12 +2,10 @@
 import argparse
 import dataclasses
 import sys
-import types
 from importlib import metadata
 
 import pytest
 
-import lungsearch.run.outcome  # noqa: F401  cli imports it; the stand-ins below replace lungsearch.run only
 from lungsearch import cli, space
 from lungsearch.config import SMOKE, SearchSettings
 
@@ -65,37 +63,19 @@ def test_smoke_help_gives_its_sizes():
         assert part in text
 
 
-@pytest.fixture
-def fake_search(monkeypatch):
-    """`lungsearch.run` replaced by a stand-in that records what `run` passes to run_search (no Ray, no Keras)."""
-    calls = []
-    fake = types.ModuleType("lungsearch.run")
-    fake.SearchIncomplete = type("SearchIncomplete", (Exception,), {})
-    fake.run_search = lambda *args, **kwargs: calls.append((args, kwargs)) or "RUN_DIR"
-    fake.resume_search = lambda run_dir, address: calls.append(((run_dir,), {})) or "RUN_DIR"
-    monkeypatch.setitem(sys.modules, "lungsearch.run", fake)
-    monkeypatch.setattr(cli, "report_quietly", lambda run_dir: True)
-    return calls
-
-
-def test_settings_flags_reach_run_search_as_overrides(fake_search, capsys):
-    assert cli.main(["run", "ablation", "--patience", "7", "--grace-period", "2", "--reduction-factor", "4",
-                     "--keep-checkpoints", "1", "--seed", "3"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "RUN_DIR"
-    (args, kwargs), = fake_search
-    assert args[0] == "ablation"
-    assert {k: kwargs[k] for k in ("patience", "grace_period", "reduction_factor", "keep_checkpoints", "seed")} == {
-        "patience": 7, "grace_period": 2, "reduction_factor": 4, "keep_checkpoints": 1, "seed": 3}
-    fields = {f.name for f in dataclasses.fields(SearchSettings)}
-    overrides = {k for k in kwargs if k not in ("smoke", "address", "mlflow")}
-    assert overrides <= fields  # every flag names a setting run_search can apply
+def test_every_run_flag_is_a_setting_it_overrides_and_unset_flags_leave_the_space_alone():
+    """`run`'s flags reach run_search through setting_overrides: each flag other than where and how to run is a
+    SearchSettings field (so none is dropped on the way), and an unset flag is None (the space's SETTINGS decide).
+    The values reaching a real run's manifest are checked in tests/test_report.py."""
     run = next(p for p in subparsers(cli.parser()) if p.prog == "lungsearch run")
-    flags = {a.dest for a in run._actions} - {"help", "space", "data", "results", "help_parser"}
-    assert flags <= set(kwargs)  # and every flag of `run` is passed on
-    fake_search.clear()
-    assert cli.main(["run", "ablation"]) == 0
-    assert all(fake_search[0][1][k] is None for k in ("patience", "grace_period", "reduction_factor",
-                                                      "keep_checkpoints"))  # unset: the space's SETTINGS decide
+    flags = {a.dest for a in run._actions} - {"help", "space", "data", "results", "smoke", "address", "mlflow"}
+    assert flags <= {f.name for f in dataclasses.fields(SearchSettings)}
+    args = cli.parser().parse_args(["run", "ablation", "--patience", "7", "--grace-period", "2", "--seed", "3",
+                                    "--adapt-folds", "4", "--no-fixed-points"])
+    given = cli.setting_overrides(args)
+    assert set(given) == flags
+    assert {k: v for k, v in given.items() if v is not None} == {"patience": 7, "grace_period": 2, "seed": 3,
+                                                                 "adapt_folds": 4, "fixed_points": False}
 
 
 def test_spaces_lists_the_bundled_spaces_with_their_question(capsys):
@@ -109,8 +89,5 @@ def test_spaces_lists_the_bundled_spaces_with_their_question(capsys):
 
 def test_an_unknown_space_name_exits_2_naming_the_bundled_ones(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(sys.modules, "lungsearch.run", types.SimpleNamespace(
-        SearchIncomplete=RuntimeError, resume_search=None,
-        run_search=lambda space_path, *a, **k: space.load(space_path)))
-    assert cli.main(["run", "ablaton"]) == 2
+    assert cli.main(["run", "ablaton"]) == 2  # the real run_search: the space is read before any data or Ray
     assert "bundled spaces: ablation, architecture, report, robust" in capsys.readouterr().err

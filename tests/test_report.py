@@ -29,7 +29,7 @@ hp.Choice("image_size", [32, 40])
 hp.Choice("kernel_size", [3, 7])
 hp.Float("learning_rate", 1e-3, 3e-3, sampling="log")
 SETTINGS = {"num_samples": 3, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2, "image_size": 40,
-            "patience": 2, "seed": %d, "max_failures": 0}
+            "patience": 3, "seed": %d, "max_failures": 0}
 '''
 
 
@@ -48,7 +48,8 @@ def run(tmp_path_factory):
     dataset = make_dataset(root / "xrays", {"train": 12, "test": 4})
     (root / "space.py").write_text(SPACE % 2)
     out = lungsearch("run", root / "space.py", "--data", dataset, "--results", root / "results",
-                     "--cpus-per-trial", 1)  # two trials at a time on two cores
+                     "--cpus-per-trial", 1,  # two trials at a time on two cores
+                     "--patience", 2, "--keep-checkpoints", 4)  # flags over the space's SETTINGS
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     yield Path(out.stdout.strip().splitlines()[-1]), out
     mp.undo()
@@ -81,6 +82,8 @@ def test_run_ends_with_the_report_and_the_exported_best_model(run):
 
     card = json.loads((run_dir / "best_model.json").read_text())
     manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert (manifest["settings"]["patience"], manifest["settings"]["keep_checkpoints"]) == (2, 4)  # the flags won
+    assert manifest["settings"]["seed"] == 2  # where no flag was given, the space's SETTINGS
     best = card["trials"][0]
     assert best == board.loc[board["checkpoint"].astype(str) == "True", "trial"].iloc[0]
     assert card["data_fingerprint"] == manifest["data"]["fingerprint"] and card["split_protocol"] == "target"
