@@ -18,11 +18,12 @@ from ..config import OBJECTIVE, OBJECTIVE_MODE, SearchSettings, UserError, count
 from . import budget
 from .budget import Budget
 from .cluster import cluster_address, cluster_totals, connect, resources
-from .folder import new_run_folder, print_split, print_table, run_folder_problem, unchanged_data, write_run_folder
+from .folder import new_run_folder, print_table, run_folder_problem, unchanged_data, write_run_folder
+from .plan import make_plan, read_space
 from .outcome import InterruptWatch, SearchIncomplete, search_status
 from .progress import RAY_LOG_HANDLER, Progress, trial_name
 from .searchers import FixedPointASHA, build_trials, searcher
-from .settings import check_machine, check_sampled_trials, data_dir_from, resolve_settings
+from .settings import check_machine, check_sampled_trials, data_dir_from
 from .tracking import mlflow_callback, mlflow_uri
 from .trial import trainable
 
@@ -40,23 +41,14 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
         raise UserError(f"--storage/--results must be a file system path every node can reach (NFS, or a bucket "
                         f"mounted with e.g. s3fs or gcsfuse), got the URI {results_dir!r}")
     data.check_results_folder(results_dir)  # a file, a read-only folder: say so before any work
-    space = spaces.load(space_path)
-    spaces.check_defaults(space, {"split": "target"})  # before the data is read; again below with the real split
-    settings = resolve_settings(space, overrides, smoke)
+    space, settings = read_space(space_path, overrides, smoke)
     check_sampled_trials(space, settings, overrides)
     data_dir = data_dir_from(data_arg)
     if address:
         cluster_address(address)  # a dead address fails in seconds, before the data is read
-    cache_dir = data.default_cache_dir()
-    scanned = data.scan(data_dir)  # once: the trials get this instead of hashing every image again
-    check_machine(settings, len(scanned.files), address)
-    ds, _ = data.load(data_dir, settings.image_size, cache_dir, dataset=scanned)
-    requested_split = settings.split
-    settings = settings.replace(split=data.resolve_split(ds, settings.split))
-    spaces.check_defaults(space, {"split": settings.split})  # e.g. early_stop_on holdout needs the target split
-    split = data.make_split(ds, settings.split, settings.split_seed, settings.data_limit)
-    summary = data.split_summary(ds, split, settings.split)
-    print_split(summary)
+    plan = make_plan(space, settings, data_dir, smoke,
+                     check_scan=lambda scanned: check_machine(settings, len(scanned.files), address))
+    settings = plan.settings
 
     # Ray starts before the run folder exists, so a request the cluster cannot hold leaves nothing behind.
     connect(address)
@@ -66,14 +58,15 @@ def run_search(space_path: str | Path, data_arg: str | None = None, results_dir:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = new_run_folder(Path(results_dir).expanduser().resolve(),
                                  f"{stamp}-{space.name}{'-smoke' if smoke else ''}")
-        write_run_folder(run_dir, space, settings, smoke, data_dir, cache_dir, ds, requested_split, summary, split)
+        write_run_folder(run_dir, space, settings, smoke, data_dir, plan.cache_dir, plan.dataset,
+                         plan.requested_split, plan.summary, plan.split)
     except BaseException:  # a failure (or Ctrl-C) before the search: no Ray left running, no half-made run folder
         ray.shutdown()
         if run_dir is not None and run_dir.is_dir():  # set only once this run made the folder: never another's
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     print(f"run folder: {run_dir}", flush=True)
-    return execute(run_dir, address, mlflow=tracking, dataset=scanned)
+    return execute(run_dir, address, mlflow=tracking, dataset=plan.scanned)
 
 
 def resume_search(run_dir: str | Path, address: str | None = None) -> Path:
