@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -16,9 +15,10 @@ import pytest
 
 from conftest import REPO, make_dataset, truncate
 
-from lungsearch import analysis, cli, figures, metrics, report
-from lungsearch.config import OBJECTIVE_TEXT, UserError
+from lungsearch import analysis, cli, data, figures, metrics, report, space
+from lungsearch.config import OBJECTIVE_TEXT, SMOKE, SearchSettings, UserError
 from lungsearch.metrics import binary_metrics
+from lungsearch.run import folder
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # Two input sizes, so models are evaluated at their own size; kernel 7 does not fit (those trials fail).
@@ -55,9 +55,9 @@ def run(tmp_path_factory):
     mp.undo()
 
 
-def check_png(data: bytes) -> np.ndarray:
-    assert data[:8] == PNG
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+def check_png(png: bytes) -> np.ndarray:
+    assert png[:8] == PNG
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
     assert image is not None and image.shape[0] > 50 and image.shape[1] > 50
     return image
 
@@ -259,16 +259,49 @@ def test_evaluate_scores_the_holdout_at_both_thresholds():
     assert without.holdout is None and without.holdout_tuned is None and without.test == ev.test
 
 
-def test_shift_section_and_figure_without_and_with_a_holdout(tmp_path):
-    manifest = {"run_constants": {"split": "patient"}, "data": {"split": {"sources": {}}}}
-    a = SimpleNamespace(run=SimpleNamespace(manifest=manifest), data=SimpleNamespace(split={"train": 0, "val": 0}),
-                        board=pd.DataFrame({"holdout_auc": [np.nan], "val_auc": [0.8]}))
+def small_run(root: Path, trials: dict, smoke: bool = False, **settings) -> analysis.Analysis:
+    """The Analysis of a run folder written as `lungsearch run` writes it (write_run_folder), on a small dataset,
+    with `trials` (columns) as its trials.csv and no saved model, made by analysis.analyse: for the parts of the
+    report that read the run's manifest, split and leaderboard, without a search."""
+    dataset = root / "xrays"
+    if not dataset.is_dir():
+        make_dataset(dataset, {"train": 3, "test": 2})
+    ds = data.scan(dataset)
+    chosen = SearchSettings(**settings)
+    split = data.make_split(ds, chosen.split, chosen.split_seed, chosen.data_limit)
+    run_dir = folder.new_run_folder(root / "results", "small")
+    folder.write_run_folder(run_dir, space.load("report"), chosen, smoke, dataset, root / "cache", ds, chosen.split,
+                            data.split_summary(ds, split, chosen.split), split)
+    n = len(next(iter(trials.values())))
+    pd.DataFrame({"trial": [f"trial_{i}" for i in range(n)], "fixed_point": [""] * n, "status": ["finished"] * n,
+                  "error": [""] * n, "val_f1": [0.5] * n, **trials}).to_csv(run_dir / "trials.csv", index=False)
+    return analysis.analyse(run_dir, n_boot=10, log=lambda _: None)
+
+
+def test_shift_section_and_figure_without_and_with_a_holdout(tmp_path, cache_dir):
+    a = small_run(tmp_path, {"objective": [0.8], "val_auc": [0.8], "holdout_auc": [np.nan]}, split="patient")
+    assert "holdout" not in a.data.split and a.best is None
     [(kind, text)] = report.shift_blocks(a, [], None, "chosen on the validation part")
     assert kind == "p" and "patient split has no in-distribution holdout" in text
     assert figures.fig_shift(a, tmp_path) is None
-    a.board = pd.DataFrame({"holdout_auc": [0.95, 0.9, np.nan], "val_auc": [0.7, 0.92, 0.8],
-                            "status": ["finished", "diverged", "failed"], "fixed_point": ["base", "", ""]})
-    check_png(figures.fig_shift(a, tmp_path).read_bytes())
+
+    auc = [0.7, 0.92, 0.8]
+    a = small_run(tmp_path, {"objective": auc, "val_auc": auc, "holdout_auc": [0.95, 0.9, np.nan],
+                             "status": ["finished", "diverged", "failed"], "fixed_point": ["base", "", ""]},
+                  split="target")
+    y = {part: labels.ravel() for part, (_, labels) in a.data.parts(32).items()}
+    assert set(y) == {"val", "test", "holdout"}
+    rng = np.random.default_rng(0)
+    ev = analysis.evaluate("base", ["trial_0"], [32], y, {part: rng.random(len(v)) for part, v in y.items()},
+                           n_boot=10, groups=a.data.patients("test"))
+    fig = figures.fig_shift(a, tmp_path)
+    (kind, text), (_, head, rows), (_, shown, _) = report.shift_blocks(a, [ev], fig, "chosen on the validation part")
+    sources = a.run.manifest["data"]["split"]["sources"]
+    assert f"**Holdout**: {sources['holdout']}. **Test**: {sources['test']}." in text
+    assert [r[0] for r in rows] == ["base"] and len(rows[0]) == len(head)
+    assert rows[0][-1] == analysis.fmt(ev.holdout["auc"] - ev.test["auc"])
+    assert shown == fig
+    check_png(fig.read_bytes())
     assert "diverged" in figures.STATUS_COLOURS
 
 
@@ -340,8 +373,9 @@ def test_report_says_when_a_model_calls_every_image_one_class_and_when_asha_had_
     def ev(name, tp, fp, tn, fn):
         m = {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "specificity": tn / max(tn + fp, 1),
              "recall": tp / max(tp + fn, 1)}
-        return SimpleNamespace(name=name, test=m, test_tuned={**m, "tp": 1, "fp": 1, "tn": 1, "fn": 1,
-                                                              "specificity": 0.5, "recall": 0.5})
+        tuned = {**m, "tp": 1, "fp": 1, "tn": 1, "fn": 1, "specificity": 0.5, "recall": 0.5}
+        return analysis.Evaluation(name, [name], [32], 0.5, val=m, test=m, test_tuned=tuned, ci={}, ci_tuned={},
+                                   y={}, p={})
 
     shown = [ev("base", 8, 8, 0, 0), ev("bn_aug", 5, 2, 6, 3), ev("ensemble of 3", 0, 0, 8, 8),
              ev("trial_7", 30, 29, 1, 0)]
@@ -418,19 +452,19 @@ def test_calibration_and_operating_points_use_validation_only():
     assert ops == operating_points(y["val"], p["val"], y["test"], p["test"], n_boot=50)
 
 
-def test_table_1_says_plainly_when_a_run_is_a_smoke_run():
-    manifest = {"smoke": True, "run_constants": {"image_size": 48, "data_limit": 480}, "settings": {"max_epochs": 4}}
-    a = SimpleNamespace(run=SimpleNamespace(manifest=manifest))
-    [(kind, text)] = report.smoke_note(a)
+def test_table_1_says_plainly_when_a_run_is_a_smoke_run(tmp_path, cache_dir):
+    trials = {"objective": [0.8], "val_auc": [0.8]}
+    smoke = small_run(tmp_path, trials, smoke=True, split="patient", **SMOKE)  # as --smoke sets them
+    [(kind, text)] = report.smoke_note(smoke)
     assert "This is a smoke (reduced) run, not a reproduction**: 48 px images" in text and "480 training" in text
-    a.run.manifest = {"smoke": False, "run_constants": {"image_size": 150, "data_limit": 0}, "settings": {"max_epochs": 50}}
-    assert report.smoke_note(a) == []
+    full = small_run(tmp_path, trials, split="patient")  # the report's sizes: 150 px, 50 epochs, every image
+    assert report.smoke_note(full) == []
 
 
 def test_report_hashes_the_data_folder_once_and_reads_each_model_once(run, tmp_path, monkeypatch):
     """Two input sizes in this run: the analysis and the exports scan (hash) the data folder once and read each
     model file once."""
-    from lungsearch import data, predict
+    from lungsearch import predict
 
     run_dir, _ = run
     copy = tmp_path / "copy"
