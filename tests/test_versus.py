@@ -98,7 +98,7 @@ def test_the_in_process_clock_counts_epochs_and_refuses_those_past_the_deadline(
     from lungsearch import versus
 
     now = [100.0]
-    monkeypatch.setattr(versus.time, "time", lambda: now[0])
+    monkeypatch.setattr(versus.clock.time, "time", lambda: now[0])
     clock = versus.Clock("x", versus.Budget(epochs=3), started=100.0)
     report = clock.reporter("t1")
     for epoch in (1, 2):

@@ -1,0 +1,116 @@
+"""The race: the target first, then each system in turn, then its record (versus.csv, curves.csv, reference.csv,
+versus.md, versus.png)."""
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from .. import analysis, space as spaces
+from ..config import FIXED_POINTS, OBJECTIVE, TrialConfig, UserError, count
+from .kt_system import run_keras_tuner
+from .lungsearch_system import run_lungsearch
+from .markdown import minutes, write_markdown
+from .optuna_system import run_optuna
+from .shared import SYSTEMS, Outcome, Race, budget_from, prepare
+from .stats import curve, summary, test_columns
+
+RUNNERS: dict[str, Callable[[Race, str], Outcome]] = {
+    "lungsearch-random": run_lungsearch, "lungsearch-tpe": run_lungsearch,
+    "keras-tuner-random": run_keras_tuner, "keras-tuner-hyperband": run_keras_tuner, "optuna": run_optuna,
+}
+
+
+def quiet() -> None:
+    """Keep the notices the race expects off the console: TensorFlow retracing a new model's training step (every
+    trial builds one), Keras skipping a saved optimizer's state (a Hyperband round goes on from the weights of the
+    round before, with a new optimizer, as keras-tuner intends), and Optuna moving a range's end onto its step's
+    grid (0.6 is not a whole multiple of 0.1 in floating point)."""
+    import logging
+    import warnings
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+    warnings.filterwarnings("ignore", message=".*the range is not divisible by `step`")  # Optuna: 0.6 / 0.1
+
+
+def reference(race: Race) -> pd.DataFrame:
+    """Train the report's three models (config.FIXED_POINTS) at the race's settings, each to its own end, and
+    evaluate them on test. The best validation objective among them is the target every system races to."""
+    from .. import train
+    from ..predict import load_model
+
+    rows = []
+    for name, changes in FIXED_POINTS.items():
+        cfg = TrialConfig.from_dict({**race.base, **changes, "fixed_point": name})
+        started = time.time()
+        last = train.run_trial(cfg.to_dict(), lambda row: None, checkpoint_dir=race.dir / "reference" / name)
+        wall = time.time() - started
+        ev = race.evaluate(load_model(race.dir / "reference" / name / "model.keras"), cfg, name)
+        print(f"reference {name}: {count(int(last['epoch']), 'epoch')} in {wall:.0f} s, val AUC (objective) "
+              f"{last[OBJECTIVE]:.4f}, test AUC {ev.test['auc']:.4f}", flush=True)
+        rows.append({"model": name, "epochs": int(last["epoch"]), "kept_epoch": int(last["kept_epoch"]),
+                     "wall_s": round(wall, 1), "objective": float(last[OBJECTIVE]), **test_columns(ev)})
+    return pd.DataFrame(rows)
+
+
+def run_system(race: Race, system: str) -> Outcome:
+    """One system's turn. A system that raises does not end the race: its traceback goes into the race's folder."""
+    try:
+        return RUNNERS[system](race, system)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001  one system failing does not end the race
+        (race.dir / f"{system}-error.txt").write_text(traceback.format_exc())
+        return Outcome(system, "", status="failed", note=f"{type(err).__name__}: {err} (traceback in "
+                                                         f"{system}-error.txt)")
+
+
+def write_record(race: Race, outcomes: list[Outcome], ref: pd.DataFrame, wall_s: float) -> Path:
+    """versus.csv, curves.csv, reference.csv, versus.png and versus.md; return versus.md's path."""
+    from ..figures import fig_versus
+
+    target = float(ref["objective"].max())
+    table = summary(race, outcomes, target)
+    table.to_csv(race.dir / "versus.csv", index=False)
+    curves = {o.system: curve(o.records) for o in outcomes if o.records}
+    pd.concat([c.assign(system=s) for s, c in curves.items()] or [pd.DataFrame()]).to_csv(race.dir / "curves.csv",
+                                                                                          index=False)
+    ref.to_csv(race.dir / "reference.csv", index=False)
+    figure = fig_versus(curves, target, race.budget.epochs, race.budget.seconds, race.dir)
+    return write_markdown(race, table, outcomes, ref, figure, wall_s)
+
+
+def race(space_path, data_arg: str | None = None, results_dir: str | Path = "results", smoke: bool = False,
+         budget_epochs: float | None = None, budget_minutes: float | None = None, **overrides: Any) -> Path:
+    """Run the race and write its record; return its folder. `overrides`: the search settings the command line
+    sets (image_size, max_epochs, seed, split)."""
+    from ..run.settings import resolve_settings
+
+    quiet()
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    settings = resolve_settings(spaces.load(space_path), overrides, smoke)
+    budget = budget_from(settings, smoke, budget_epochs, budget_minutes)
+    started = time.time()
+    r = prepare(space_path, data_arg, results_dir, smoke, budget, overrides)
+    print(f"race folder: {r.dir}", flush=True)
+    print(f"budget: {budget.text()} per system; systems: {', '.join(SYSTEMS)}", flush=True)
+    print("reference: the source report's three models, once, outside every budget (the target)", flush=True)
+    ref = reference(r)
+    print(f"target: validation AUC {ref['objective'].max():.4f} ({ref.loc[ref['objective'].idxmax(), 'model']})",
+          flush=True)
+    outcomes = []
+    for k, system in enumerate(SYSTEMS, 1):
+        print(f"== [{k}/{len(SYSTEMS)}] {system}: {SYSTEMS[system]}, budget {budget.text()} ==", flush=True)
+        o = run_system(r, system)
+        c = curve(o.records)
+        best = analysis.fmt(c["best"].iloc[-1]) if len(c) else "–"
+        print(f"== {system}: {o.status}, {count(len(o.records), 'epoch')} in {minutes(o.wall_s)}, best val AUC {best}"
+              + (f"; {o.note}" if o.note else ""), flush=True)
+        outcomes.append(o)
+    report = write_record(r, outcomes, ref, time.time() - started)
+    print(report.read_text(), flush=True)
+    return r.dir
