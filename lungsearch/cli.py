@@ -141,7 +141,9 @@ def parser() -> argparse.ArgumentParser:
         description="Race, one after the other on this machine with the same data, split, image size, epoch cap, "
                     "seed and budget: lungsearch (ASHA with random and TPE sampling), keras-tuner RandomSearch and "
                     "Hyperband, and Optuna (TPE with a successive-halving pruner; skipped without Optuna). Writes "
-                    "versus.md, versus.csv and versus.png; the last line printed is the race's folder.")
+                    "versus.md, versus.csv and versus.png; the last line printed is the race's folder. A trial that "
+                    "fails is counted and its traceback written to failures/SYSTEM/; a system none of whose trials "
+                    "succeeded fails the race: the record is written and the exit status is 1.")
     versus.add_argument("space", help="a bundled space by name (e.g. ablation) or the path of a space file")
     versus.add_argument("--data", metavar="DIR", help="dataset folder (default: $LUNGSEARCH_DATA)")
     versus.add_argument("--budget-epochs", type=int, metavar="N",
@@ -265,11 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "resume"):
             return search(args)
         if args.command == "versus":
-            from .versus import race
-
-            print(race(args.space, args.data, args.results, args.smoke, args.budget_epochs, args.budget_minutes,
-                       image_size=args.image_size, max_epochs=args.max_epochs, seed=args.seed))
-            return 0
+            return versus(args)
         if args.command == "report":
             from .report import write_report
 
@@ -326,6 +324,22 @@ def list_spaces() -> int:
         print(f"{name:<{width}}  {space.first_doc_line(path)}")
     print(f"\nrun one with `lungsearch run NAME --data DIR` (add --smoke for a few minutes' try); the files are in "
           f"{space.BUNDLED_DIR}: copy one to start a space of your own and pass its path instead of a name")
+    return 0
+
+
+def versus(args: argparse.Namespace) -> int:
+    """`versus`. Exit status 0 when every system that ran had a successful trial; then the last line of stdout is
+    the race's folder. A system none of whose trials succeeded: 1, naming the failed systems on stderr (the race's
+    record is written all the same); a user error: 2 (main)."""
+    from .versus import SystemsFailed, race
+
+    try:
+        folder = race(args.space, args.data, args.results, args.smoke, args.budget_epochs, args.budget_minutes,
+                      image_size=args.image_size, max_epochs=args.max_epochs, seed=args.seed)
+    except SystemsFailed as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    print(folder)
     return 0
 
 

@@ -183,3 +183,21 @@ hp.Fixed("conv_blocks", 3)
         assert 1e-4 <= values["learning_rate"] <= 1e-2 and values["batch_size"] in (16, 32)
         assert values["conv_blocks"] == 3
     assert {v["augment"] for v in seen} == {False, True}
+
+
+def test_a_system_with_some_failed_trials_ran_and_counts_them(tmp_path):
+    from lungsearch.versus import Outcome
+
+    partly = Outcome("optuna", "", succeeded=2, failures={"3": "Traceback ...\nValueError: x"})
+    partly.settle()
+    assert partly.status == "ran" and partly.note == "1 of 3 trials failed (tracebacks in failures/optuna/)"
+    partly.write_failures(tmp_path)
+    assert (tmp_path / "failures" / "optuna" / "3.txt").read_text().endswith("ValueError: x")
+
+    none = Outcome("keras-tuner-random", "", error="Traceback ...\nRuntimeError: y", note="RuntimeError: y")
+    none.settle()
+    assert none.status == "failed"
+    assert none.note == "no trial succeeded; RuntimeError: y (traceback in failures/keras-tuner-random/error.txt)"
+    skipped = Outcome("optuna", "", status="skipped", note="Optuna is not installed")
+    skipped.settle()
+    assert skipped.status == "skipped"

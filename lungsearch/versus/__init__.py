@@ -15,6 +15,11 @@ at the kept epoch). The target is the best validation objective of the source re
 once up front outside every budget. The race writes versus.csv, curves.csv, versus.md and versus.png into its
 folder, whose path is the last line printed. No Ray here: lungsearch's systems run through lungsearch.run.
 
+A trial that raises is recorded, not fatal: its traceback goes into the race's folder as
+failures/<system>/<trial>.txt, and the race counts it. A system with no successful trial failed: the record says
+so, and race() raises SystemsFailed once the record is written (`lungsearch versus` exits 1). An in-process system
+stops after FAILURES_IN_A_ROW failed trials in a row; lungsearch's own search runs its planned trials.
+
   driver               the race: the target, each system in turn, the record
   shared               what the systems share: the race's data and budget (Race), what a system did (Outcome)
   clock                an in-process system's budget and record of its epochs
@@ -26,8 +31,8 @@ folder, whose path is the last line printed. No Ray here: lungsearch's systems r
 
 from .clock import Budget, BudgetSpent, Clock
 from .optuna_system import suggest
-from .driver import RUNNERS, race
+from .driver import RUNNERS, SystemsFailed, race
 from .shared import SYSTEMS, Outcome, Race, budget_from
 
-__all__ = ["Budget", "BudgetSpent", "Clock", "Outcome", "RUNNERS", "Race", "SYSTEMS", "budget_from", "race",
-           "suggest"]
+__all__ = ["Budget", "BudgetSpent", "Clock", "Outcome", "RUNNERS", "Race", "SYSTEMS", "SystemsFailed", "budget_from",
+           "race", "suggest"]

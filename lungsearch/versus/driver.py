@@ -1,5 +1,5 @@
 """The race: the target first, then each system in turn, then its record (versus.csv, curves.csv, reference.csv,
-versus.md, versus.png)."""
+versus.md, versus.png, and failures/ with the traceback of each trial that failed)."""
 from __future__ import annotations
 
 import time
@@ -15,7 +15,7 @@ from .kt_system import run_keras_tuner
 from .lungsearch_system import run_lungsearch
 from .markdown import minutes, write_markdown
 from .optuna_system import run_optuna
-from .shared import SYSTEMS, Outcome, Race, budget_from, prepare
+from .shared import FAILURES_DIR, SYSTEMS, Outcome, Race, budget_from, prepare
 from .stats import curve, summary, test_columns
 
 RUNNERS: dict[str, Callable[[Race, str], Outcome]] = {
@@ -57,16 +57,31 @@ def reference(race: Race) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+class SystemsFailed(Exception):
+    """The race ran and wrote its record, but a system had no successful trial: `lungsearch versus` exits 1, as
+    `run` does when every trial failed."""
+
+    exit_code = 1
+
+    def __init__(self, systems: list[str], folder: Path):
+        self.systems, self.folder = systems, folder
+        super().__init__(f"no trial succeeded in {', '.join(systems)}, so {'it' if len(systems) == 1 else 'they'} "
+                         f"failed; the race's record is in {folder} (versus.md) and each failed trial's traceback "
+                         f"in {folder / FAILURES_DIR}/<system>/")
+
+
 def run_system(race: Race, system: str) -> Outcome:
-    """One system's turn. A system that raises does not end the race: its traceback goes into the race's folder."""
+    """One system's turn, its status settled (failed without a successful trial) and its failed trials'
+    tracebacks written into the race's folder. A system that raises does not end the race."""
     try:
-        return RUNNERS[system](race, system)
+        outcome = RUNNERS[system](race, system)
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as err:  # noqa: BLE001  one system failing does not end the race
-        (race.dir / f"{system}-error.txt").write_text(traceback.format_exc())
-        return Outcome(system, "", status="failed", note=f"{type(err).__name__}: {err} (traceback in "
-                                                         f"{system}-error.txt)")
+        outcome = Outcome(system, "", error=traceback.format_exc(), note=f"{type(err).__name__}: {err}")
+    outcome.settle()
+    outcome.write_failures(race.dir)
+    return outcome
 
 
 def write_record(race: Race, outcomes: list[Outcome], ref: pd.DataFrame, wall_s: float) -> Path:
@@ -86,8 +101,9 @@ def write_record(race: Race, outcomes: list[Outcome], ref: pd.DataFrame, wall_s:
 
 def race(space_path, data_arg: str | None = None, results_dir: str | Path = "results", smoke: bool = False,
          budget_epochs: float | None = None, budget_minutes: float | None = None, **overrides: Any) -> Path:
-    """Run the race and write its record; return its folder. `overrides`: the search settings the command line
-    sets (image_size, max_epochs, seed, split)."""
+    """Run the race and write its record; return its folder, or raise SystemsFailed (after the record is written)
+    when a system had no successful trial. `overrides`: the search settings the command line sets (image_size,
+    max_epochs, seed, split)."""
     from ..run.settings import resolve_settings
 
     quiet()
@@ -113,4 +129,7 @@ def race(space_path, data_arg: str | None = None, results_dir: str | Path = "res
         outcomes.append(o)
     report = write_record(r, outcomes, ref, time.time() - started)
     print(report.read_text(), flush=True)
+    failed = [o.system for o in outcomes if o.status == "failed"]
+    if failed:
+        raise SystemsFailed(failed, r.dir)
     return r.dir

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from pathlib import Path
 
 from ..config import OBJECTIVE, TrialConfig
 from .clock import BudgetSpent, Clock
-from .shared import Outcome, Race
+from .shared import FAILURES_IN_A_ROW, Outcome, Race
 
 
 def hypermodel_class():
@@ -75,10 +76,10 @@ def tuner_classes():
     import keras_tuner as kt
 
     class Raced:
-        """What the race changes in a keras-tuner tuner: no new trial once the budget is spent, and no import of
-        TensorBoard's hparams plugin when no TensorBoard callback is given (keras-tuner imports it for every trial
-        with the TensorFlow backend, to configure TensorBoard callbacks; the race passes none, and tensorflow-cpu
-        does not install tensorboard)."""
+        """What the race changes in a keras-tuner tuner: no new trial once the budget is spent, a line for each
+        trial that fails, and no import of TensorBoard's hparams plugin when no TensorBoard callback is given
+        (keras-tuner imports it for every trial with the TensorFlow backend, to configure TensorBoard callbacks; the
+        race passes none, and tensorflow-cpu does not install tensorboard)."""
 
         def pre_create_trial(self):
             if self.hypermodel.clock.spent:
@@ -87,6 +88,11 @@ def tuner_classes():
         def on_trial_begin(self, trial):
             self.hypermodel.trial = trial.trial_id  # the records' name for the trial
             super().on_trial_begin(trial)
+
+        def on_trial_end(self, trial):
+            if trial.message:  # it raised (keras-tuner keeps the traceback)
+                self.hypermodel.clock.say(f"trial {trial.trial_id} failed: {trial.message.strip().splitlines()[-1]}")
+            super().on_trial_end(trial)
 
         def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
             if any(type(c).__name__ == "TensorBoard" for c in callbacks):
@@ -103,7 +109,8 @@ def tuner_classes():
 
 def run_keras_tuner(race: Race, system: str) -> Outcome:
     """keras-tuner's RandomSearch or Hyperband on the space's own `hp` declarations, one trial at a time in this
-    process; its project folder goes into the race's folder."""
+    process; its project folder goes into the race's folder. After FAILURES_IN_A_ROW failed trials keras-tuner
+    raises, and the system ends there."""
     import keras_tuner as kt
 
     random_search, hyperband = tuner_classes()
@@ -113,8 +120,7 @@ def run_keras_tuner(race: Race, system: str) -> Outcome:
     most = b.epochs + 1 if b.epochs else int(b.seconds) + 1
     common = dict(objective=kt.Objective(OBJECTIVE, "max"), seed=s.seed + 1,  # keras-tuner reads seed 0 as unseeded
                   hyperparameters=race.space.hp.copy(), tune_new_entries=False, directory=str(race.dir),
-                  project_name=system, overwrite=True,
-                  max_consecutive_failed_trials=10 ** 6)  # a trial that fails is recorded and the search goes on
+                  project_name=system, overwrite=True, max_consecutive_failed_trials=FAILURES_IN_A_ROW)
     if system == "keras-tuner-hyperband":
         tuner = hyperband(hypermodel, max_epochs=s.max_epochs, factor=s.reduction_factor,
                           hyperband_iterations=10 ** 6, **common)
@@ -123,18 +129,29 @@ def run_keras_tuner(race: Race, system: str) -> Outcome:
         tuner = random_search(hypermodel, max_trials=most, **common)
         ranking = "keras-tuner's oracle: the best objective of any trial (its best epoch's weights)"
     clock.started = time.time()
-    error = ""
+    error, note = "", ""
     try:
         tuner.search(verbose=0)
-    except Exception as err:  # noqa: BLE001  e.g. keras-tuner's limit of consecutive failed trials
-        error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-    wall = clock.elapsed()
-    failed = sum(t.status in ("FAILED", "INVALID") and t.trial_id not in clock.cut
-                 for t in tuner.oracle.trials.values())
+    except Exception as err:  # noqa: BLE001  e.g. keras-tuner's limit of failed trials in a row
+        error, note = traceback.format_exc(), f"{type(err).__name__}: {first_line(err)}"
+    ended = [t for t in tuner.oracle.trials.values() if t.status in ("COMPLETED", "FAILED", "INVALID")]
+    raised = {t.trial_id: t.message for t in ended if t.message}  # a trial without a score but no error: not one
     out = Outcome(system, "one trial at a time in this process (keras-tuner runs trials in parallel only as "
-                          "separate processes with its chief/worker setup)", clock.records, wall, clock.over, failed,
-                  folder=system, ranking=ranking, status="failed" if error and not clock.records else "ran",
-                  note=error)
+                          "separate processes with its chief/worker setup)", clock.records, clock.elapsed(),
+                  clock.over, succeeded=len(ended) - len(raised), failures=raised, error=error, folder=system,
+                  ranking=ranking, note=note)
+    rank_first(race, tuner, out)
+    return out
+
+
+def first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def rank_first(race: Race, tuner, out: Outcome) -> None:
+    """The oracle's best trial, evaluated on test; the other trials' saved weights are deleted (keras-tuner keeps
+    every trial's best epoch)."""
     best = tuner.oracle.get_best_trials(1)
     if best and math.isfinite(best[0].score or math.nan):
         trial = best[0]
@@ -142,8 +159,7 @@ def run_keras_tuner(race: Race, system: str) -> Outcome:
         cfg = race.config(trial.hyperparameters.values)
         out.first, out.first_trial, out.first_objective = race.evaluate(model, cfg, trial.trial_id), trial.trial_id, \
             float(trial.score)
-    for other in tuner.oracle.trials.values():  # keras-tuner keeps every trial's best weights: keep the first's
+    for other in tuner.oracle.trials.values():
         if not best or other.trial_id != best[0].trial_id:
             for weights in Path(tuner.get_trial_dir(other.trial_id)).glob("checkpoint*"):
                 weights.unlink()
-    return out

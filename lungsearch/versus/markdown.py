@@ -9,7 +9,7 @@ import pandas as pd
 from .. import analysis, data
 from ..config import OBJECTIVE_TEXT, count
 from ..metrics import paired_difference
-from .shared import LUNGSEARCH, Outcome, Race
+from .shared import FAILURES_DIR, FAILURES_IN_A_ROW, LUNGSEARCH, Outcome, Race
 
 
 def minutes(seconds: float) -> str:
@@ -19,6 +19,23 @@ def minutes(seconds: float) -> str:
 def with_ci(row, key: str) -> str:
     v = row[key]
     return "–" if not math.isfinite(v) else f"{v:.4f} [{row[key + '_lo']:.3f}, {row[key + '_hi']:.3f}]"
+
+
+def failure_lines(table: pd.DataFrame) -> list[str]:
+    """The systems that failed (no trial succeeded) and those some of whose trials failed, and where the
+    tracebacks are."""
+    lines = []
+    failed = table[table["status"] == "failed"]
+    if len(failed):
+        lines.append(f"**Failed**: {', '.join(failed['system'])}: no trial succeeded, so "
+                     f"{'it has' if len(failed) == 1 else 'they have'} no result. The tracebacks are in "
+                     f"{FAILURES_DIR}/<system>/, one file per failed trial.")
+    partly = table[(table["status"] == "ran") & (table["trials_failed"] > 0)]
+    if len(partly):
+        lines.append("**Failed trials**: " + "; ".join(
+            f"{r.system} {r.trials_failed} of {r.trials_succeeded + r.trials_failed}" for r in partly.itertuples())
+            + f" (tracebacks in {FAILURES_DIR}/<system>/); the trials that succeeded count as usual.")
+    return lines
 
 
 def verdict(race: Race, table: pd.DataFrame, outcomes: list[Outcome], ref: pd.DataFrame) -> list[str]:
@@ -87,17 +104,25 @@ def verdict(race: Race, table: pd.DataFrame, outcomes: list[Outcome], ref: pd.Da
 
 def write_markdown(race: Race, table: pd.DataFrame, outcomes: list[Outcome], ref: pd.DataFrame, figure: Path,
                    wall_s: float) -> Path:
-    s, b = race.settings, race.budget
     lines = [f"# lungsearch versus keras-tuner and Optuna: {race.space.name}", ""]
-    lines += [f"- {line}" for line in verdict(race, table, outcomes, ref)]
-    lines += ["", "## Systems", "",
-              "| system | status | parallelism | trials (ended) | epochs | wall | first epoch at | best val AUC | "
-              "time to target | epochs to target | first-ranked | its val AUC | test AUC [95% CI] | F1* | accuracy* | "
-              "recall* | specificity* |", "|" + " --- |" * 17]
+    lines += [f"- {line}" for line in failure_lines(table) + verdict(race, table, outcomes, ref)]
+    lines += systems_section(table) + target_section(table, ref, figure) + method_section(race, table, figure, wall_s)
+    path = race.dir / "versus.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def systems_section(table: pd.DataFrame) -> list[str]:
+    """The systems' table."""
+    lines = ["", "## Systems", "",
+             "| system | status | parallelism | trials (ended) | failed trials | epochs | wall | first epoch at | "
+             "best val AUC | time to target | epochs to target | first-ranked | its val AUC | test AUC [95% CI] | "
+             "F1* | accuracy* | recall* | specificity* |", "|" + " --- |" * 18]
     for r in table.itertuples():
         row = table.loc[r.Index]
         lines.append(
-            f"| {r.system} | {r.status} | {r.parallelism or '–'} | {r.trials} ({r.trials_ended}) | {r.epochs}"
+            f"| {r.system} | {r.status} | {r.parallelism or '–'} | {r.trials} ({r.trials_ended}) | "
+            f"{r.trials_failed} | {r.epochs}"
             + (f" (+{r.epochs_over_budget} over)" if r.epochs_over_budget else "") + f" | {minutes(r.wall_s)} | "
             f"{minutes(r.first_epoch_s)} | {analysis.fmt(r.best_objective)} | {minutes(r.time_to_target_s)} | "
             f"{'–' if not math.isfinite(r.epochs_to_target) else int(r.epochs_to_target)} | "
@@ -105,8 +130,13 @@ def write_markdown(race: Race, table: pd.DataFrame, outcomes: list[Outcome], ref
             f"{analysis.fmt(r.first_ranked_objective)} | {with_ci(row, 'test_auc')} | "
             + " | ".join(with_ci(row, f"test_{m}_at_threshold") for m in ("f1", "accuracy", "recall", "specificity"))
             + " |")
-    lines += ["", "\\* at the threshold chosen on the validation part (the one that maximises validation F1). "
-              "Intervals: " + analysis.CI_TEXT + ".", ""]
+    return lines
+
+
+def target_section(table: pd.DataFrame, ref: pd.DataFrame, figure: Path) -> list[str]:
+    """The table's footnote and notes, the figure, and the target's three models."""
+    lines = ["", "\\* at the threshold chosen on the validation part (the one that maximises validation F1). "
+             "Intervals: " + analysis.CI_TEXT + ".", ""]
     notes = [f"- {r.system}: {r.note}" for r in table.itertuples() if r.note]
     if notes:
         lines += ["Notes:", "", *notes, ""]
@@ -121,6 +151,12 @@ def write_markdown(race: Race, table: pd.DataFrame, outcomes: list[Outcome], ref
         lines.append(f"| {r.model} | {r.epochs} ({r.kept_epoch}) | {minutes(r.wall_s)} | {r.objective:.4f} | "
                      f"{with_ci(row, 'test_auc')} | {with_ci(row, 'test_f1_at_threshold')} | "
                      f"{with_ci(row, 'test_accuracy_at_threshold')} |")
+    return lines
+
+
+def method_section(race: Race, table: pd.DataFrame, figure: Path, wall_s: float) -> list[str]:
+    """How the race ran: space, data, budget, the systems' settings, and what the columns mean."""
+    s, b = race.settings, race.budget
     sizes = race.loaded and data.split_summary(race.loaded, data.make_split(race.loaded, s.split, s.split_seed,
                                                                              s.data_limit), s.split)["parts"]
     budget_words = (f"{b.epochs} epochs per system, summed over its trials, in the order they ended; an "
@@ -128,32 +164,32 @@ def write_markdown(race: Race, table: pd.DataFrame, outcomes: list[Outcome], ref
                     f"trials report and stops them all at the last one" if b.epochs else
                     f"{b.seconds / 60:g} minutes of wall time per system, from the moment it starts (lungsearch's "
                     f"Ray start-up included); only epochs that ended within it count")
-    lines += ["", "## How the race ran", "",
-              f"- Space: `{race.space.path}`; objective: {OBJECTIVE_TEXT} (every system compares it, "
-              f"direction max).",
-              f"- Data: `{race.data_dir}`, split `{s.split}`: " + ", ".join(
-                  f"{p} {v['images']} images" for p, v in sizes.items()) + f"; {s.image_size} px, up to "
-              f"{s.max_epochs} epochs per trial, patience {s.patience}, seed {s.seed}"
-              + (" (--smoke)" if race.smoke else "") + ".",
-              f"- Budget: {budget_words}. The systems ran one after the other, in the order of the table; the whole "
-              f"race took {minutes(wall_s)}.",
-              f"- ASHA (lungsearch) and the successive-halving pruner (Optuna): grace period "
-              f"{count(min(s.grace_period, s.max_epochs), 'epoch')}, reduction factor {s.reduction_factor}; "
-              f"keras-tuner Hyperband: max_epochs {s.max_epochs}, factor {s.reduction_factor} (its rounds start at 1 "
-              f"epoch). lungsearch runs without its fixed points here (they are the target).",
-              "- keras-tuner and Optuna train with lungsearch's own model builder and training loop (models.build, "
-              "train.compile_model, train.trial_data, train.reset_state, train.fit), so only the search strategy and "
-              "its machinery differ. keras-tuner's sampler is seeded with seed + 1 (it reads 0 as unseeded).",
-              "- First-ranked model: each system's own rule: " + "; ".join(
-                  f"{r.system}: {r.ranking}" for r in table.itertuples() if r.ranking) + ". It is evaluated on the "
-              "test part, which no system saw.",
-              "- Time to target: the wall time (and epochs) at the end of the first epoch whose objective reached "
-              "the target; – where the budget ran out first. First epoch at: when the system's first epoch ended "
-              "(its start-up). Trials (ended): trials that trained a counted epoch (those that ran to early stopping "
-              "or the epoch cap); a keras-tuner Hyperband round is a trial of its own. Epochs (+ over): epochs "
-              "counted (+ epochs trained past the budget, not counted).",
-              "", "Files: versus.csv (this table), curves.csv (every counted epoch with the best so far), "
-              f"{figure.name}; reference/ (the three models), and each system's own folder."]
-    path = race.dir / "versus.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return ["", "## How the race ran", "",
+            f"- Space: `{race.space.path}`; objective: {OBJECTIVE_TEXT} (every system compares it, "
+            f"direction max).",
+            f"- Data: `{race.data_dir}`, split `{s.split}`: " + ", ".join(
+                f"{p} {v['images']} images" for p, v in sizes.items()) + f"; {s.image_size} px, up to "
+            f"{s.max_epochs} epochs per trial, patience {s.patience}, seed {s.seed}"
+            + (" (--smoke)" if race.smoke else "") + ".",
+            f"- Budget: {budget_words}. The systems ran one after the other, in the order of the table; the whole "
+            f"race took {minutes(wall_s)}.",
+            f"- ASHA (lungsearch) and the successive-halving pruner (Optuna): grace period "
+            f"{count(min(s.grace_period, s.max_epochs), 'epoch')}, reduction factor {s.reduction_factor}; "
+            f"keras-tuner Hyperband: max_epochs {s.max_epochs}, factor {s.reduction_factor} (its rounds start at 1 "
+            f"epoch). lungsearch runs without its fixed points here (they are the target).",
+            "- keras-tuner and Optuna train with lungsearch's own model builder and training loop (models.build, "
+            "train.compile_model, train.trial_data, train.reset_state, train.fit), so only the search strategy and "
+            "its machinery differ. keras-tuner's sampler is seeded with seed + 1 (it reads 0 as unseeded).",
+            "- First-ranked model: each system's own rule: " + "; ".join(
+                f"{r.system}: {r.ranking}" for r in table.itertuples() if r.ranking) + ". It is evaluated on the "
+            "test part, which no system saw.",
+            "- Time to target: the wall time (and epochs) at the end of the first epoch whose objective reached "
+            "the target; – where the budget ran out first. First epoch at: when the system's first epoch ended "
+            "(its start-up). Trials (ended): trials that trained a counted epoch (those that ran to early stopping "
+            "or the epoch cap); a keras-tuner Hyperband round is a trial of its own. Failed trials: trials that "
+            f"raised (each one's traceback is in {FAILURES_DIR}/<system>/); a system none of whose trials "
+            f"succeeded failed, and an in-process system stops after {FAILURES_IN_A_ROW} failed trials in a row. "
+            "Epochs (+ over): epochs counted (+ epochs trained past the budget, not counted).",
+            "", "Files: versus.csv (this table), curves.csv (every counted epoch with the best so far), "
+            f"{figure.name}; reference/ (the three models), each system's own folder, and {FAILURES_DIR}/ (the "
+            "tracebacks of the trials that failed, if any)."]

@@ -5,13 +5,14 @@ import importlib.util
 import math
 import shutil
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 from .. import space as spaces
 from ..config import OBJECTIVE
 from .clock import BudgetSpent, Clock
-from .shared import Outcome, Race
+from .shared import FAILURES_IN_A_ROW, Outcome, Race
 
 
 def suggest(trial, race: Race) -> dict[str, Any]:
@@ -67,13 +68,27 @@ def pruning_callback(trial, clock: Clock):
 
 class Objective:
     """Optuna's objective: train the trial's config with lungsearch's build and fit, counted against the budget,
-    and keep the saved model of the best complete trial only (in the system's folder, trial_<number>)."""
+    and keep the saved model of the best complete trial only (in the system's folder, trial_<number>). A trial
+    that raises is recorded with its traceback (`failures`) before Optuna marks it failed."""
 
     def __init__(self, race: Race, clock: Clock, folder: Path):
         self.race, self.clock, self.folder = race, clock, folder
         self.best_value, self.best_number = -math.inf, None
+        self.failures: dict[str, str] = {}
 
     def __call__(self, trial) -> float:
+        import optuna
+
+        try:
+            return self.train(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception:
+            self.failures[str(trial.number)] = traceback.format_exc()
+            self.clock.say(f"trial {trial.number} failed: {traceback.format_exc().strip().splitlines()[-1]}")
+            raise
+
+    def train(self, trial) -> float:
         import optuna
 
         from .. import models, train
@@ -105,41 +120,58 @@ class Objective:
         return value
 
 
+def failed_in_a_row(study) -> bool:
+    """Whether the study's last FAILURES_IN_A_ROW trials all failed."""
+    import optuna
+
+    last = study.trials[-FAILURES_IN_A_ROW:]
+    return len(last) == FAILURES_IN_A_ROW and all(t.state == optuna.trial.TrialState.FAIL for t in last)
+
+
 def run_optuna(race: Race, system: str) -> Outcome:
     """Optuna's TPE sampler with its successive-halving pruner (ASHA's rule, at lungsearch's grace period and
-    reduction factor), one trial at a time in this process."""
+    reduction factor), one trial at a time in this process. It stops when the budget is spent, or after
+    FAILURES_IN_A_ROW failed trials."""
     if importlib.util.find_spec("optuna") is None:
         return Outcome(system, "", status="skipped", note='Optuna is not installed (pip install -e ".[tpe]")')
     import optuna
 
-    from ..predict import load_model
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is told once, by Objective
     s, clock = race.settings, Clock(system, race.budget)
     pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min(s.grace_period, s.max_epochs),
                                                     reduction_factor=s.reduction_factor)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=s.seed), pruner=pruner)
-    folder = race.dir / system
-    objective = Objective(race, clock, folder)
+    objective = Objective(race, clock, race.dir / system)
     clock.started = time.time()
-    error = ""
+    error, note = "", ""
     try:
-        study.optimize(objective, callbacks=[lambda study, trial: study.stop() if clock.spent else None],
-                       catch=(Exception,), gc_after_trial=True)
+        study.optimize(objective, callbacks=[lambda study, trial: study.stop() if clock.spent or
+                                             failed_in_a_row(study) else None],
+                       catch=(Exception,), gc_after_trial=True)  # a failed trial is recorded and the search goes on
     except Exception as err:  # noqa: BLE001
-        error = f"{type(err).__name__}: {err}"
-    wall = clock.elapsed()
-    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
+        error, note = traceback.format_exc(), f"{type(err).__name__}: {err}"
+    if failed_in_a_row(study):
+        note = f"stopped after {FAILURES_IN_A_ROW} failed trials in a row"
+    states = optuna.trial.TrialState
     out = Outcome(system, "one trial at a time in this process (Optuna's n_jobs runs threads of one process, "
-                          "which Keras' global state does not allow)", clock.records, wall, clock.over, failed,
-                  folder=system, ranking="Optuna's study.best_trial: the best objective among complete (not "
-                                         "pruned) trials", status="failed" if error and not clock.records else "ran",
-                  note=error)
+                          "which Keras' global state does not allow)", clock.records, clock.elapsed(), clock.over,
+                  succeeded=sum(t.state in (states.COMPLETE, states.PRUNED) for t in study.trials),
+                  failures=objective.failures, error=error, folder=system, note=note,
+                  ranking="Optuna's study.best_trial: the best objective among complete (not pruned) trials")
+    rank_first(race, study, objective, out)
+    return out
+
+
+def rank_first(race: Race, study, objective: Objective, out: Outcome) -> None:
+    """The study's best complete trial, its saved model evaluated on test."""
+    import optuna
+
+    from ..predict import load_model
+
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if complete and objective.best_number is not None:
         trial = study.best_trial
         cfg = race.config(trial.params)
-        model = load_model(folder / f"trial_{trial.number}" / "model.keras")
+        model = load_model(objective.folder / f"trial_{trial.number}" / "model.keras")
         out.first, out.first_trial, out.first_objective = race.evaluate(model, cfg, str(trial.number)), \
             str(trial.number), float(trial.value)
-    return out

@@ -23,18 +23,23 @@ SYSTEMS = {  # name: what it is, in words
 }
 LUNGSEARCH = ("lungsearch-random", "lungsearch-tpe")
 DEFAULT_TRIALS = 10  # without a budget flag: as many epochs as this many trials of max_epochs
+FAILURES_IN_A_ROW = 3  # an in-process system stops after this many trials in a row failed (keras-tuner's default)
+FAILURES_DIR = "failures"  # in the race's folder: failures/<system>/<trial>.txt, each failed trial's traceback
 
 
 @dataclass
 class Outcome:
-    """What one system did: its counted epochs (records), how it ran, and the model it ranks first."""
+    """What one system did: its counted epochs (records), how it ran, its trials that succeeded (ran without
+    raising) and those that failed, and the model it ranks first. A system with no successful trial failed."""
 
     system: str
     parallelism: str
     records: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
     over: int = 0
-    failed_trials: int = 0
+    succeeded: int = 0  # trials that ran without raising (to their end, or stopped early, pruned or cut by the budget)
+    failures: dict[str, str] = field(default_factory=dict)  # each failed trial: its traceback
+    error: str = ""  # the traceback of an error the system raised outside its trials
     first: analysis.Evaluation | None = None
     first_trial: str = ""
     first_objective: float = math.nan
@@ -42,6 +47,38 @@ class Outcome:
     folder: str = ""
     status: str = "ran"  # ran | skipped | failed
     note: str = ""
+
+    def settle(self) -> None:
+        """The status from the trials: failed when no trial succeeded (skipped stays skipped); the note counts the
+        failed trials."""
+        if self.status == "skipped":
+            return
+        self.status = "ran" if self.succeeded else "failed"
+        said = ""
+        if self.failures:
+            n = len(self.failures)
+            said = (f"{n} of {self.succeeded + n} trials failed" if self.succeeded else
+                    f"no trial succeeded: {'the one' if n == 1 else f'all {n}'} failed")
+            said += f" (tracebacks in {self.failures_dir()}/)"
+        elif not self.succeeded:
+            said = "no trial succeeded"
+        raised = f"{self.note} (traceback in {self.failures_dir()}/error.txt)" if self.error else self.note
+        self.note = "; ".join(text for text in (said, raised) if text)
+
+    def failures_dir(self) -> str:
+        return f"{FAILURES_DIR}/{self.system}"
+
+    def write_failures(self, race_dir: Path) -> None:
+        """Each failed trial's traceback as failures/<system>/<trial>.txt, and the system's own error (raised
+        outside its trials) as failures/<system>/error.txt."""
+        if not self.failures and not self.error:
+            return
+        folder = race_dir / self.failures_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        for trial, text in self.failures.items():
+            (folder / f"{trial}.txt").write_text(text)
+        if self.error:
+            (folder / "error.txt").write_text(self.error)
 
 
 @dataclass

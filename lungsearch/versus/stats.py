@@ -40,6 +40,8 @@ def test_columns(ev: analysis.Evaluation | None) -> dict[str, Any]:
 
 
 def summary(race: Race, outcomes: list[Outcome], target: float) -> pd.DataFrame:
+    """versus.csv: one row per system. trials: those with a counted epoch; trials_succeeded and trials_failed:
+    those that ran without raising and those that raised (their tracebacks in the folder `failures` names)."""
     rows = []
     for o in outcomes:
         c = curve(o.records)
@@ -50,11 +52,13 @@ def summary(race: Race, outcomes: list[Outcome], target: float) -> pd.DataFrame:
             "budget": race.budget.text(), "epochs": len(o.records), "epochs_over_budget": o.over,
             "wall_s": round(o.wall_s, 1), "first_epoch_s": c["t_s"].iloc[0] if len(c) else math.nan,
             "trials": len(trials),
-            "trials_ended": len({r["trial"] for r in o.records if r["final"]}), "trials_failed": o.failed_trials,
+            "trials_ended": len({r["trial"] for r in o.records if r["final"]}), "trials_succeeded": o.succeeded,
+            "trials_failed": len(o.failures),
             "best_objective": c["best"].iloc[-1] if len(c) else math.nan, "target": target,
             "time_to_target_s": reached["t_s"].iloc[0] if len(reached) else math.nan,
             "epochs_to_target": int(reached["epochs"].iloc[0]) if len(reached) else math.nan,
             "first_ranked": o.first_trial, "first_ranked_objective": o.first_objective, "ranking": o.ranking,
-            **test_columns(o.first), "folder": o.folder, "note": o.note,
+            **test_columns(o.first), "folder": o.folder,
+            "failures": o.failures_dir() if o.failures or o.error else "", "note": o.note,
         })
     return pd.DataFrame(rows)
