@@ -151,6 +151,10 @@ def parser() -> argparse.ArgumentParser:
                              "10 x the epoch cap: 40 with --smoke)")
     versus.add_argument("--budget-minutes", type=float, metavar="M",
                         help="each system runs M minutes of wall time instead (not with --budget-epochs)")
+    versus.add_argument("--systems", type=lambda text: [n.strip() for n in text.split(",") if n.strip()],
+                        metavar="NAMES", help="race only these systems, comma-separated (default: all: "
+                                              "lungsearch-random, lungsearch-tpe, keras-tuner-random, "
+                                              "keras-tuner-hyperband, optuna)")
     versus.add_argument("--smoke", action="store_true",
                         help=f"the sizes of `run --smoke` ({SMOKE['image_size']} px, up to {SMOKE['max_epochs']} "
                              f"epochs per trial, {SMOKE['data_limit']} training images), so the whole race takes "
@@ -335,7 +339,7 @@ def versus(args: argparse.Namespace) -> int:
 
     try:
         folder = race(args.space, args.data, args.results, args.smoke, args.budget_epochs, args.budget_minutes,
-                      image_size=args.image_size, max_epochs=args.max_epochs, seed=args.seed)
+                      args.systems, image_size=args.image_size, max_epochs=args.max_epochs, seed=args.seed)
     except SystemsFailed as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return err.exit_code

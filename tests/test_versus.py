@@ -185,6 +185,15 @@ hp.Fixed("conv_blocks", 3)
     assert {v["augment"] for v in seen} == {False, True}
 
 
+def test_an_unknown_system_is_refused(tmp_path, dataset, cache_dir, capsys):
+    from lungsearch import cli
+
+    assert cli.main(["versus", "ablation", "--data", str(dataset), "--systems", "optuna,hyperopt",
+                     "--results", str(tmp_path / "r")]) == 2
+    assert "unknown system 'hyperopt' in --systems" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
 def test_a_system_with_some_failed_trials_ran_and_counts_them(tmp_path):
     from lungsearch.versus import Outcome
 

@@ -99,28 +99,41 @@ def write_record(race: Race, outcomes: list[Outcome], ref: pd.DataFrame, wall_s:
     return write_markdown(race, table, outcomes, ref, figure, wall_s)
 
 
+def systems_from(names: list[str] | None) -> list[str]:
+    """The systems to race, in SYSTEMS' order: all of them by default; a name that is not one is a UserError."""
+    if not names:
+        return list(SYSTEMS)
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        raise UserError(f"unknown system {', '.join(map(repr, unknown))} in --systems; the systems: "
+                        f"{', '.join(SYSTEMS)}")
+    return [s for s in SYSTEMS if s in names]
+
+
 def race(space_path, data_arg: str | None = None, results_dir: str | Path = "results", smoke: bool = False,
-         budget_epochs: float | None = None, budget_minutes: float | None = None, **overrides: Any) -> Path:
+         budget_epochs: float | None = None, budget_minutes: float | None = None, systems: list[str] | None = None,
+         **overrides: Any) -> Path:
     """Run the race and write its record; return its folder, or raise SystemsFailed (after the record is written)
-    when a system had no successful trial. `overrides`: the search settings the command line sets (image_size,
-    max_epochs, seed, split)."""
+    when a system had no successful trial. `systems`: which of SYSTEMS race (default: all). `overrides`: the
+    search settings the command line sets (image_size, max_epochs, seed, split)."""
     from ..run.settings import resolve_settings
 
     quiet()
+    systems = systems_from(systems)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     settings = resolve_settings(spaces.load(space_path), overrides, smoke)
     budget = budget_from(settings, smoke, budget_epochs, budget_minutes)
     started = time.time()
     r = prepare(space_path, data_arg, results_dir, smoke, budget, overrides)
     print(f"race folder: {r.dir}", flush=True)
-    print(f"budget: {budget.text()} per system; systems: {', '.join(SYSTEMS)}", flush=True)
+    print(f"budget: {budget.text()} per system; systems: {', '.join(systems)}", flush=True)
     print("reference: the source report's three models, once, outside every budget (the target)", flush=True)
     ref = reference(r)
     print(f"target: validation AUC {ref['objective'].max():.4f} ({ref.loc[ref['objective'].idxmax(), 'model']})",
           flush=True)
     outcomes = []
-    for k, system in enumerate(SYSTEMS, 1):
-        print(f"== [{k}/{len(SYSTEMS)}] {system}: {SYSTEMS[system]}, budget {budget.text()} ==", flush=True)
+    for k, system in enumerate(systems, 1):
+        print(f"== [{k}/{len(systems)}] {system}: {SYSTEMS[system]}, budget {budget.text()} ==", flush=True)
         o = run_system(r, system)
         c = curve(o.records)
         best = analysis.fmt(c["best"].iloc[-1]) if len(c) else "–"
