@@ -185,6 +185,44 @@ hp.Fixed("conv_blocks", 3)
     assert {v["augment"] for v in seen} == {False, True}
 
 
+TOO_DEEP = '''"""Every model fails when it is built: eight or nine conv blocks do not fit a 32 px image."""
+import keras_tuner as kt
+
+hp = kt.HyperParameters()
+hp.Choice("conv_blocks", [8, 9])
+'''
+
+
+def test_a_race_whose_trials_all_fail_exits_1_naming_the_failed_systems(tmp_path, dataset, cache_dir, capsys):
+    """The in-process systems only (each Ray one takes over a minute to fail its 9 trials): keras-tuner builds a
+    model when it is made, so it fails before its first trial; Optuna's trials fail, and it stops after 3 in a row.
+    In process, so no second interpreter imports TensorFlow."""
+    from lungsearch import cli
+
+    space = tmp_path / "too_deep.py"
+    space.write_text(TOO_DEEP)
+    failing = SYSTEMS[2:]
+    assert cli.main(["versus", str(space), "--data", str(dataset), "--systems", ",".join(failing),
+                     "--budget-epochs", "1", "--max-epochs", "1", "--image-size", "32",
+                     "--results", str(tmp_path / "results")]) == 1
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines()[-1].startswith(f"error: no trial succeeded in {', '.join(failing)}, so they failed")
+    [folder] = (tmp_path / "results").iterdir()  # the record is written all the same
+    assert not out.strip().endswith(folder.name)  # the last line is the race's folder only when it succeeded
+    table = pd.read_csv(folder / "versus.csv", keep_default_na=False)
+    assert list(table["system"]) == failing and set(table["status"]) == {"failed"}
+    assert list(table["trials_succeeded"]) == [0, 0, 0] and list(table["trials_failed"]) == [0, 0, 3]
+    assert list(table["failures"]) == [f"failures/{s}" for s in failing]
+    for system in failing[:2]:  # keras-tuner's own error, before any trial
+        assert "do not fit a 32 px input" in (folder / "failures" / system / "error.txt").read_text()
+    tracebacks = sorted((folder / "failures" / "optuna").iterdir())  # one per failed trial
+    assert [p.name for p in tracebacks] == ["0.txt", "1.txt", "2.txt"]
+    assert all("Traceback" in p.read_text() and "do not fit a 32 px input" in p.read_text() for p in tracebacks)
+    report = (folder / "versus.md").read_text()
+    assert f"**Failed**: {', '.join(failing)}: no trial succeeded" in report
+    assert "optuna: no trial succeeded: all 3 failed (tracebacks in failures/optuna/)" in report
+
+
 def test_an_unknown_system_is_refused(tmp_path, dataset, cache_dir, capsys):
     from lungsearch import cli
 
