@@ -13,7 +13,7 @@ from .. import store
 from .clock import Budget
 from .shared import Outcome, Race
 
-SUCCEEDED = ("finished", "diverged", "stopped")  # trials.csv statuses of the trials that ran without raising
+NOT_SUCCEEDED = ("failed", "not started")  # trials.csv statuses; the others ran without raising (finished, stopped)
 
 
 def run_lungsearch(race: Race, system: str) -> Outcome:
@@ -41,7 +41,7 @@ def run_lungsearch(race: Race, system: str) -> Outcome:
                           "saved a model")
     out.records, out.over = counted_epochs(run_dir, started, b)
     trials = pd.read_csv(run_dir / "trials.csv", keep_default_na=False)
-    out.succeeded = int(trials["status"].isin(SUCCEEDED).sum())
+    out.succeeded = int((~trials["status"].isin(NOT_SUCCEEDED)).sum())
     out.failures = {row.trial: failure_text(row) for row in trials.itertuples() if row.status == "failed"}
     rank_first(race, run_dir, out)
     return out
