@@ -170,7 +170,9 @@ def add_versus_command(commands: argparse._SubParsersAction) -> None:
         description="Race, one after the other on this machine with the same data, split, image size, epoch cap, "
                     "seed and budget: lungsearch (ASHA with random and TPE sampling), keras-tuner RandomSearch and "
                     "Hyperband, and Optuna (TPE with a successive-halving pruner; skipped without Optuna). Writes "
-                    "versus.md, versus.csv and versus.png; the last line printed is the race's folder.")
+                    "versus.md, versus.csv and versus.png; the last line printed is the race's folder. A trial that "
+                    "fails is counted and its traceback written to failures/SYSTEM/; a system none of whose trials "
+                    "succeeded fails the race: the record is written and the exit status is 1.")
     versus.add_argument("space", help="a bundled space by name (e.g. ablation) or the path of a space file")
     versus.add_argument("--data", metavar="DIR", help="dataset folder (default: $LUNGSEARCH_DATA)")
     versus.add_argument("--budget-epochs", type=int, metavar="N",
@@ -178,6 +180,10 @@ def add_versus_command(commands: argparse._SubParsersAction) -> None:
                              "10 x the epoch cap: 40 with --smoke)")
     versus.add_argument("--budget-minutes", type=float, metavar="M",
                         help="each system runs M minutes of wall time instead (not with --budget-epochs)")
+    versus.add_argument("--systems", type=lambda text: [n.strip() for n in text.split(",") if n.strip()],
+                        metavar="NAMES", help="race only these systems, comma-separated (default: all: "
+                                              "lungsearch-random, lungsearch-tpe, keras-tuner-random, "
+                                              "keras-tuner-hyperband, optuna)")
     versus.add_argument("--smoke", action="store_true",
                         help=f"the sizes of `run --smoke` ({SMOKE['image_size']} px, up to {SMOKE['max_epochs']} "
                              f"epochs per trial, {SMOKE['data_limit']} training images), so the whole race takes "
@@ -320,11 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "resume"):
             return search(args)
         if args.command == "versus":
-            from .versus import race
-
-            print(race(args.space, args.data, args.results, args.smoke, args.budget_epochs, args.budget_minutes,
-                       image_size=args.image_size, max_epochs=args.max_epochs, seed=args.seed))
-            return 0
+            return versus(args)
         if args.command == "report":
             from .report import write_report
 
@@ -381,6 +383,22 @@ def list_spaces() -> int:
         print(f"{name:<{width}}  {space.first_doc_line(path)}")
     print(f"\nrun one with `lungsearch run NAME --data DIR` (add --smoke for a few minutes' try); the files are in "
           f"{space.BUNDLED_DIR}: copy one to start a space of your own and pass its path instead of a name")
+    return 0
+
+
+def versus(args: argparse.Namespace) -> int:
+    """`versus`. Exit status 0 when every system that ran had a successful trial; then the last line of stdout is
+    the race's folder. A system none of whose trials succeeded: 1, naming the failed systems on stderr (the race's
+    record is written all the same); a user error: 2 (main)."""
+    from .versus import SystemsFailed, race
+
+    try:
+        folder = race(args.space, args.data, args.results, args.smoke, args.budget_epochs, args.budget_minutes,
+                      args.systems, image_size=args.image_size, max_epochs=args.max_epochs, seed=args.seed)
+    except SystemsFailed as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    print(folder)
     return 0
 
 

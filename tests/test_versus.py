@@ -98,7 +98,7 @@ def test_the_in_process_clock_counts_epochs_and_refuses_those_past_the_deadline(
     from lungsearch import versus
 
     now = [100.0]
-    monkeypatch.setattr(versus.time, "time", lambda: now[0])
+    monkeypatch.setattr(versus.clock.time, "time", lambda: now[0])
     clock = versus.Clock("x", versus.Budget(epochs=3), started=100.0)
     report = clock.reporter("t1")
     for epoch in (1, 2):
@@ -183,3 +183,68 @@ hp.Fixed("conv_blocks", 3)
         assert 1e-4 <= values["learning_rate"] <= 1e-2 and values["batch_size"] in (16, 32)
         assert values["conv_blocks"] == 3
     assert {v["augment"] for v in seen} == {False, True}
+
+
+TOO_DEEP = '''"""Every model fails when it is built: eight or nine conv blocks do not fit a 32 px image."""
+import keras_tuner as kt
+
+hp = kt.HyperParameters()
+hp.Choice("conv_blocks", [8, 9])
+'''
+
+
+def test_a_race_whose_trials_all_fail_exits_1_naming_the_failed_systems(tmp_path, dataset, cache_dir, capsys):
+    """The in-process systems only (each Ray one takes over a minute to fail its 9 trials): keras-tuner builds a
+    model when it is made, so it fails before its first trial; Optuna's trials fail, and it stops after 3 in a row.
+    In process, so no second interpreter imports TensorFlow."""
+    from lungsearch import cli
+
+    space = tmp_path / "too_deep.py"
+    space.write_text(TOO_DEEP)
+    failing = SYSTEMS[2:]
+    assert cli.main(["versus", str(space), "--data", str(dataset), "--systems", ",".join(failing),
+                     "--budget-epochs", "1", "--max-epochs", "1", "--image-size", "32",
+                     "--results", str(tmp_path / "results")]) == 1
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines()[-1].startswith(f"error: no trial succeeded in {', '.join(failing)}, so they failed")
+    [folder] = (tmp_path / "results").iterdir()  # the record is written all the same
+    assert not out.strip().endswith(folder.name)  # the last line is the race's folder only when it succeeded
+    table = pd.read_csv(folder / "versus.csv", keep_default_na=False)
+    assert list(table["system"]) == failing and set(table["status"]) == {"failed"}
+    assert list(table["trials_succeeded"]) == [0, 0, 0] and list(table["trials_failed"]) == [0, 0, 3]
+    assert list(table["failures"]) == [f"failures/{s}" for s in failing]
+    for system in failing[:2]:  # keras-tuner's own error, before any trial
+        assert "do not fit a 32 px input" in (folder / "failures" / system / "error.txt").read_text()
+    tracebacks = sorted((folder / "failures" / "optuna").iterdir())  # one per failed trial
+    assert [p.name for p in tracebacks] == ["0.txt", "1.txt", "2.txt"]
+    assert all("Traceback" in p.read_text() and "do not fit a 32 px input" in p.read_text() for p in tracebacks)
+    report = (folder / "versus.md").read_text()
+    assert f"**Failed**: {', '.join(failing)}: no trial succeeded" in report
+    assert "optuna: no trial succeeded: all 3 failed (tracebacks in failures/optuna/)" in report
+
+
+def test_an_unknown_system_is_refused(tmp_path, dataset, cache_dir, capsys):
+    from lungsearch import cli
+
+    assert cli.main(["versus", "ablation", "--data", str(dataset), "--systems", "optuna,hyperopt",
+                     "--results", str(tmp_path / "r")]) == 2
+    assert "unknown system 'hyperopt' in --systems" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_a_system_with_some_failed_trials_ran_and_counts_them(tmp_path):
+    from lungsearch.versus import Outcome
+
+    partly = Outcome("optuna", "", succeeded=2, failures={"3": "Traceback ...\nValueError: x"})
+    partly.settle()
+    assert partly.status == "ran" and partly.note == "1 of 3 trials failed (tracebacks in failures/optuna/)"
+    partly.write_failures(tmp_path)
+    assert (tmp_path / "failures" / "optuna" / "3.txt").read_text().endswith("ValueError: x")
+
+    none = Outcome("keras-tuner-random", "", error="Traceback ...\nRuntimeError: y", note="RuntimeError: y")
+    none.settle()
+    assert none.status == "failed"
+    assert none.note == "no trial succeeded; RuntimeError: y (traceback in failures/keras-tuner-random/error.txt)"
+    skipped = Outcome("optuna", "", status="skipped", note="Optuna is not installed")
+    skipped.settle()
+    assert skipped.status == "skipped"
