@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import adaptation, confirmation, data, models, space as spaces, store
-from .config import FIXED_POINTS, RANK_BY, RANK_TEXT, TrialConfig, UserError, count
+from .config import FIXED_POINTS, OBJECTIVE, RANK_BY, RANK_TEXT, TrialConfig, UserError, count
 from .metrics import binary_metrics, bootstrap_ci, paired_difference, roc_auc, val_threshold
 from .predict import load_model
 
@@ -150,10 +150,11 @@ def leaderboard(trials: pd.DataFrame, rank_by: str = "objective") -> pd.DataFram
     """Trials ranked by the objective, ties broken by validation F1 (rank_by f1: by validation F1 at the
     validation threshold, ties broken by the objective; an older table without the objective: by validation F1,
     then AUC); trials without metrics last."""
-    keys = ["objective", "val_f1"] if score_column(trials) == "objective" else ["val_f1", "val_auc"]
+    keys = [OBJECTIVE.key, "val_f1"] if score_column(trials) == OBJECTIVE.key else ["val_f1", "val_auc"]
     if rank_by != "objective":
-        keys = [RANK_BY[rank_by], "objective"]
-    board = trials.sort_values(keys, ascending=False, na_position="last", kind="mergesort").reset_index(drop=True)
+        keys = [RANK_BY[rank_by], OBJECTIVE.key]  # validation F1 and the objective: higher is better for both
+    board = trials.sort_values(keys, ascending=not OBJECTIVE.descending, na_position="last",
+                               kind="mergesort").reset_index(drop=True)
     board.insert(0, "rank", np.arange(1, len(board) + 1))
     return board
 

@@ -32,16 +32,66 @@ SPLITS = ("patient", "report", "target")
 # "auto" (a search's default): target when the dataset has its own test/ folder, else patient.
 SEARCH_SPLITS = ("auto", *SPLITS)
 
+@dataclass(frozen=True)
+class Objective:
+    """What every part of a search compares, and which way is better: the name trials report it under (and the
+    trials.csv column), the mode ("max": higher is better, as Ray Tune and keras-tuner say it) and its words.
+    Early stopping, ASHA, the searchers, the leaderboard, the confirmation stage and `versus` all ask it."""
+
+    key: str
+    mode: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"an objective's mode is max or min, got {self.mode!r}")
+
+    @property
+    def descending(self) -> bool:
+        """Whether best-first order sorts the values descending (pandas: ascending=not descending)."""
+        return self.mode == "max"
+
+    @property
+    def direction(self) -> str:
+        """Optuna's word for the mode."""
+        return "maximize" if self.mode == "max" else "minimize"
+
+    @property
+    def worst(self) -> float:
+        """A value every finite value is better than: where a best-so-far starts."""
+        return -math.inf if self.mode == "max" else math.inf
+
+    def better(self, a: Any, b: Any) -> bool:
+        """Whether `a` is strictly better than `b`. A missing or NaN `a` never is; any finite `a` is better than a
+        missing or NaN `b`."""
+        if a is None or not math.isfinite(a):
+            return False
+        if b is None or (isinstance(b, float) and math.isnan(b)):
+            return True
+        return a > b if self.mode == "max" else a < b
+
+    def reached(self, value: float, target: float) -> bool:
+        """Whether `value` is at least as good as `target`."""
+        return value >= target if self.mode == "max" else value <= target
+
+    def best(self, values) -> float:
+        """The best finite value of `values`; NaN when there is none."""
+        best = self.worst
+        for v in values:
+            if self.better(v, best):
+                best = v
+        return best if math.isfinite(best) else math.nan
+
+
 # The one number that early stopping, ASHA, the searchers and the leaderboard all compare: validation AUC
 # of the weights a trial keeps (its best epoch so far). AUC does not depend on a threshold, so a trial
 # trained with class weights, label smoothing or MixUp is compared on the same footing as one without,
 # and a model that calls everything PNEUMONIA (F1 about 0.77 on this data) scores 0.5, not well.
-OBJECTIVE, OBJECTIVE_MODE = "objective", "max"
-OBJECTIVE_TEXT = "validation AUC at the kept epoch (the epoch whose weights the trial keeps)"
+OBJECTIVE = Objective("objective", "max", "validation AUC at the kept epoch (the epoch whose weights the trial keeps)")
 # What a run's leaderboard may rank by: the objective, or validation F1 at the threshold chosen on validation (what
 # the design card asked for; it depends on that threshold, which AUC does not)
 RANK_BY = {"objective": "objective", "f1": "val_f1_tuned"}  # name: the trials.csv column
-RANK_TEXT = {"objective": OBJECTIVE_TEXT,
+RANK_TEXT = {"objective": OBJECTIVE.text,
              "f1": "validation F1 at the threshold chosen on validation, at the kept epoch (rank_by: f1)"}
 NORMALIZATIONS = ("none", "standardize", "equalize", "clahe")
 DECODE_TIME_NORMALIZATIONS = ("equalize", "clahe")  # applied by OpenCV when images are decoded (cached)

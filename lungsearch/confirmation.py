@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import store
-from .config import FIXED_POINTS, SearchSettings
+from .config import FIXED_POINTS, OBJECTIVE, SearchSettings
 from .metrics import binary_metrics, roc_auc, val_threshold
 
 STAGE = "confirm"  # the Tune experiment's folder in the run folder (the search stage's is ray/)
@@ -36,9 +36,10 @@ def pick(trials: pd.DataFrame, top: int) -> list[str]:
     """The search trials whose configurations are confirmed: the `top` best sampled trials by objective, those
     ASHA let run to their end first (they were judged better than the others at every rung they met)."""
     sampled = stage_of(trials, "search")
-    sampled = sampled[(sampled["fixed_point"].fillna("") == "") & sampled["objective"].notna()]
+    sampled = sampled[(sampled["fixed_point"].fillna("") == "") & sampled[OBJECTIVE.key].notna()]
     order = sampled.assign(survived=sampled["status"].isin(["finished"]))
-    order = order.sort_values(["survived", "objective"], ascending=False, kind="mergesort")
+    order = order.sort_values(["survived", OBJECTIVE.key], ascending=[False, not OBJECTIVE.descending],
+                              kind="mergesort")
     return list(order["trial"].head(top))
 
 
@@ -92,8 +93,8 @@ def summary(trials: pd.DataFrame, column: str = "objective") -> pd.DataFrame:
                      "objective_min": scores.min(), "objective_max": scores.max(),
                      "search_objective": search[column].get(source, np.nan), "ranked_by": column,
                      "search_rank": search_rank.get(source, np.nan), "trials": " ".join(group["trial"])})
-    table = pd.DataFrame(rows).sort_values(["objective_mean", "objective_min"], ascending=False, na_position="last",
-                                           kind="mergesort")  # a tie goes to the steadier configuration
+    table = pd.DataFrame(rows).sort_values(["objective_mean", "objective_min"], ascending=not OBJECTIVE.descending,
+                                           na_position="last", kind="mergesort")  # a tie: the steadier one
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.reset_index(drop=True)
 
@@ -111,7 +112,8 @@ def first_place(confirmed: pd.DataFrame) -> dict[str, Any]:
     low-fidelity objective) against the one with the best mean over seeds."""
     if confirmed.empty:
         return {}
-    search_first = confirmed.sort_values("search_objective", ascending=False, kind="mergesort").iloc[0]
+    search_first = confirmed.sort_values("search_objective", ascending=not OBJECTIVE.descending,
+                                         kind="mergesort").iloc[0]
     return {"search_first": search_first["configuration"], "confirmed_first": confirmed.iloc[0]["configuration"],
             "held": bool(search_first["configuration"] == confirmed.iloc[0]["configuration"])}
 

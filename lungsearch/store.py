@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from . import space as spaces
+from .config import OBJECTIVE
 from .metrics import COUNTS, SCORES
 
 PACKAGES = ("lungsearch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "ray", "keras-tuner",
@@ -176,7 +177,7 @@ def tables(run_dir: Path, searched: list[str], conditions: dict[str, list],
     if not table.empty:
         for col in ("best_epoch", "stopped_at_rung"):
             table[col] = table[col].astype("Int64")
-        table = table.sort_values(["objective", "val_f1"], ascending=False, na_position="last")
+        table = table.sort_values([OBJECTIVE.key, "val_f1"], ascending=not OBJECTIVE.descending, na_position="last")
     return table, pd.DataFrame(history)
 
 

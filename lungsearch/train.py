@@ -1,7 +1,7 @@
 """Train one trial config: data, model, fit with early stopping, one report per epoch, test metrics at the end.
 
 No Ray here: `report` is any callable taking a dict (ray.tune.report in a search, list.append in tests).
-Every epoch reports `objective` (config.OBJECTIVE_TEXT): the one number early stopping, ASHA and the
+Every epoch reports `objective` (config.OBJECTIVE.text): the one number early stopping, ASHA and the
 leaderboard compare.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from . import data, models
-from .config import TrialConfig
+from .config import OBJECTIVE, TrialConfig
 from .metrics import SCORES, binary_metrics, val_threshold
 
 Report = Callable[[dict[str, Any]], Any]
@@ -189,7 +189,7 @@ class EpochReporter(keras.callbacks.Callback):
         self.report, self.cfg, self.parts = report, cfg, parts
         self.started = started
         self.watch = "holdout" if cfg.early_stop_on == "holdout" else "val"
-        self.best_score, self.best_epoch, self.best_weights, self.best_scores = -math.inf, 0, None, {}
+        self.best_score, self.best_epoch, self.best_weights, self.best_scores = OBJECTIVE.worst, 0, None, {}
         self.wait = 0
         self.stacked: np.ndarray | None = None  # the val and holdout images, one array (score_watched)
         self.last: dict[str, Any] = {}
@@ -237,7 +237,7 @@ class EpochReporter(keras.callbacks.Callback):
             row.update({f"{part}_{k}": metrics[k] for k in SCORES})
         row["val_f1_tuned"] = scores["val"].get("f1_tuned", float("nan"))
         watched = scores[self.watch]["auc"]
-        if np.isfinite(watched) and watched > self.best_score:
+        if OBJECTIVE.better(watched, self.best_score):  # the objective is this AUC at the kept epoch
             self.best_score, self.best_epoch = watched, epoch + 1
             self.best_weights = self.model.get_weights()
             self.best_scores = {f"{part}_{k}": v for part, m in scores.items() for k, v in m.items()}

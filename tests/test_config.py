@@ -77,3 +77,21 @@ def test_whole_floats_numpy_scalars_and_ints_for_floats_are_accepted_as_settings
     assert s.num_samples == 4 and type(s.num_samples) is int and type(s.max_concurrent) is int
     assert s.cpus_per_trial == 2.0 and type(s.cpus_per_trial) is float and s.fixed_points is False
     assert SearchSettings(gpus_per_trial=0.25).gpus_per_trial == 0.25 and SearchSettings().gpus_per_trial == -1
+
+
+def test_the_objective_says_which_way_is_better_for_every_comparison():
+    import math
+
+    from lungsearch.config import OBJECTIVE, Objective
+
+    assert (OBJECTIVE.key, OBJECTIVE.mode, OBJECTIVE.direction) == ("objective", "max", "maximize")
+    assert OBJECTIVE.better(0.9, 0.8) and not OBJECTIVE.better(0.8, 0.9) and not OBJECTIVE.better(0.8, 0.8)
+    assert OBJECTIVE.better(0.5, None) and OBJECTIVE.better(0.5, math.nan) and OBJECTIVE.better(0.5, OBJECTIVE.worst)
+    assert not OBJECTIVE.better(math.nan, 0.1) and not OBJECTIVE.better(None, 0.1)
+    assert OBJECTIVE.best([0.7, math.nan, 0.9, 0.8]) == 0.9 and math.isnan(OBJECTIVE.best([math.nan]))
+    assert OBJECTIVE.reached(0.9, 0.9) and not OBJECTIVE.reached(0.89, 0.9)
+    loss = Objective("val_loss", "min", "validation loss")  # the same questions, the other way round
+    assert loss.better(0.2, 0.3) and loss.best([0.3, 0.2, 0.4]) == 0.2 and loss.direction == "minimize"
+    assert loss.reached(0.2, 0.25) and not loss.descending and loss.worst == math.inf
+    with pytest.raises(ValueError, match="max or min"):
+        Objective("x", "up", "")

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, make_dataset, truncate
 
 from lungsearch import analysis, cli, data, figures, metrics, report, space
-from lungsearch.config import OBJECTIVE_TEXT, SMOKE, SearchSettings, UserError
+from lungsearch.config import OBJECTIVE, SMOKE, SearchSettings, UserError
 from lungsearch.metrics import binary_metrics
 from lungsearch.run import folder
 
@@ -87,7 +87,7 @@ def test_run_ends_with_the_report_and_the_exported_best_model(run):
     best = card["trials"][0]
     assert best == board.loc[board["checkpoint"].astype(str) == "True", "trial"].iloc[0]
     assert card["data_fingerprint"] == manifest["data"]["fingerprint"] and card["split_protocol"] == "target"
-    assert card["objective"] == OBJECTIVE_TEXT and card["split_sources"] == manifest["data"]["split"]["sources"]
+    assert card["objective"] == OBJECTIVE.text and card["split_sources"] == manifest["data"]["split"]["sources"]
     assert card["tta"] is card["config"]["tta"] is False and card["normalize"] == card["config"]["normalize"]
     assert set(card["metrics"]["holdout_at_0.5"]) >= {"auc", "accuracy", "specificity"}
     assert card["greyscale"] is True and 0 < card["threshold"] < 1 and card["config"]["image_size"] == card["image_size"]
@@ -129,7 +129,7 @@ def test_html_is_self_contained_and_names_everything(run):
     markdown = (run_dir / "report.md").read_text()
     for name in ("base", "bn_aug", "bn_aug_dropout", "source report", "0.9686", "0.9555", "target-distribution split",
                  "chosen on the validation part (target distribution)", "Layer (type)", "ensemble of 3",
-                 OBJECTIVE_TEXT, "In-distribution vs target distribution", "AUC gap (holdout - test)",
+                 OBJECTIVE.text, "In-distribution vs target distribution", "AUC gap (holdout - test)",
                  "Holdout AUC against validation AUC", "resamples of the test patients"):
         assert name in text and name in markdown, name
     assert "figures/shift.png" in markdown and "No shift is measured" not in text
@@ -243,7 +243,7 @@ def test_leaderboard_ranks_by_the_objective_and_old_tables_by_validation_f1():
     assert list(board["trial"]) == ["d", "c", "e", "a", "b"] and list(board["rank"]) == [1, 2, 3, 4, 5]
     old = analysis.leaderboard(trials.drop(columns="objective").assign(val_auc=[0.1, 0.2, 0.3, 0.4, 0.5]))
     assert list(old["trial"]) == ["a", "b", "e", "d", "c"]
-    assert analysis.objective_text({"objective": {"text": OBJECTIVE_TEXT}}) == OBJECTIVE_TEXT
+    assert analysis.objective_text({"objective": {"text": OBJECTIVE.text}}) == OBJECTIVE.text
     assert "validation F1" in analysis.objective_text({})
 
 
@@ -390,7 +390,7 @@ def test_report_says_when_a_model_calls_every_image_one_class_and_when_asha_had_
     assert report.setting({}, "cpus_per_trial", 0) == "0"  # a run from before resources were recorded
     assert report.setting({"resources": {"gpu_per_trial": 1.0}}, "gpus_per_trial", 1) == "1"
     fixed_only = pd.DataFrame({"fixed_point": ["base", "bn_aug", "bn_aug_dropout"]})
-    [(kind, text)] = report.asha_blocks({"objective": {"text": OBJECTIVE_TEXT}}, fixed_only, [], Path("a.png"),
+    [(kind, text)] = report.asha_blocks({"objective": {"text": OBJECTIVE.text}}, fixed_only, [], Path("a.png"),
                                         "objective")
     assert kind == "p" and "no sampled trials, only fixed points, so ASHA had nothing to stop" in text
 

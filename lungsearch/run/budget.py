@@ -63,7 +63,7 @@ class Budget(tune.Stopper):
             counted = not self.spent
             self.late = self.late or not counted
             self.used += counted
-            objective = result.get(OBJECTIVE)
+            objective = result.get(OBJECTIVE.key)
             row = {"at": f"{time.time():.3f}", "elapsed_s": f"{elapsed:.3f}", "trial_id": trial_id,
                    "epoch": result.get("epoch", result.get("training_iteration")),
                    "objective": "" if objective is None or not math.isfinite(objective) else objective,

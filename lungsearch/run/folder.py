@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from .. import data, space as spaces, store
-from ..config import OBJECTIVE, OBJECTIVE_MODE, OBJECTIVE_TEXT, SMOKE, SearchSettings, UserError, count, shown
+from ..config import OBJECTIVE, SMOKE, SearchSettings, UserError, count, shown
 from .settings import flag, resolve_settings
 
 
@@ -54,9 +54,9 @@ def write_run_folder(run_dir: Path, space: spaces.Space, settings: SearchSetting
         "searched": sorted(space.params), "conditions": space.conditions,
         "held_for_smoke": sorted(set(SMOKE) & set(space.params)) if smoke else [],
         "split_requested": requested_split,
-        "objective": {"metric": OBJECTIVE, "mode": OBJECTIVE_MODE, "text": OBJECTIVE_TEXT,
+        "objective": {"metric": OBJECTIVE.key, "mode": OBJECTIVE.mode, "text": OBJECTIVE.text,
                       "used_by": ["early stopping", "ASHA", "searcher", "leaderboard"]},
-        "asha": {"metric": OBJECTIVE, "mode": OBJECTIVE_MODE, "time_attr": "training_iteration (epochs)"},
+        "asha": {"metric": OBJECTIVE.key, "mode": OBJECTIVE.mode, "time_attr": "training_iteration (epochs)"},
         "packages": store.package_versions(), "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "python": sys.version.split()[0],
         "data": {"dir": str(data_dir), "fingerprint": ds.fingerprint, "images": len(ds.files),
@@ -156,7 +156,7 @@ def print_split(summary: dict) -> None:
     for part, p in summary["parts"].items():
         print(f"  {part:<8} {p['images']:>5} images ({p['NORMAL']} normal / {p['PNEUMONIA']} pneumonia, "
               f"{p['patients']} patients): {summary.get('sources', {}).get(part, '')}")
-    print(f"objective (early stopping, ASHA, ranking): {OBJECTIVE_TEXT}", flush=True)
+    print(f"objective (early stopping, ASHA, ranking): {OBJECTIVE.text}", flush=True)
     if summary["images_in_two_parts"]:
         print(f"warning: {len(summary['images_in_two_parts'])} identical image(s) in two parts (leakage)")
 

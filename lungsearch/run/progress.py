@@ -161,8 +161,8 @@ class Progress(tune.Callback):
             last, kind = t.last_result or {}, self.outcome(t)
             counts["finished" if kind == "diverged" else "waiting" if kind == "not started" else kind] += 1
             epochs += int(last.get("training_iteration", 0) or 0)
-            score = last.get(OBJECTIVE)
-            if isinstance(score, (int, float)) and math.isfinite(score) and (best is None or score > best):
+            score = last.get(OBJECTIVE.key)
+            if isinstance(score, (int, float)) and OBJECTIVE.better(score, best):
                 best, best_trial = score, trial_name(t)
             if kind not in ("running", "waiting"):
                 done += 1.0
@@ -223,7 +223,7 @@ class Progress(tune.Callback):
         if kind == "budget" and self.run_dir:
             store.note_budget_stop(self.run_dir, trial_name(trial))
         epochs = int(last.get("training_iteration", 0) or 0)
-        score = last.get(OBJECTIVE)
+        score = last.get(OBJECTIVE.key)
         auc = f", val AUC {score:.4f}" if isinstance(score, (int, float)) and math.isfinite(score) else ""
         if kind == "failed":
             error = ""

@@ -14,7 +14,7 @@ from ray import tune
 from ray.tune.search import BasicVariantGenerator
 
 from .. import confirmation, data, space as spaces, store
-from ..config import OBJECTIVE, OBJECTIVE_MODE, SearchSettings, UserError, count
+from ..config import OBJECTIVE, SearchSettings, UserError, count
 from . import budget
 from .budget import Budget
 from .cluster import cluster_address, cluster_totals, connect, resources
@@ -161,7 +161,7 @@ def search_tuner(fn, run_dir: Path, settings: SearchSettings, param_space: dict,
         fn,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=OBJECTIVE, mode=OBJECTIVE_MODE, num_samples=total,
+            metric=OBJECTIVE.key, mode=OBJECTIVE.mode, num_samples=total,
             search_alg=searcher(settings, points),
             scheduler=FixedPointASHA(time_attr="training_iteration", max_t=settings.stage_epochs,
                                      grace_period=min(settings.grace_period, settings.stage_epochs),
@@ -200,7 +200,7 @@ def confirm(fn, run_dir: Path, space: spaces.Space, settings: SearchSettings, ml
         tuner = tune.Tuner(
             fn, param_space=dict(configs[0]),  # every config has the same keys; each point sets them all
             tune_config=tune.TuneConfig(
-                metric=OBJECTIVE, mode=OBJECTIVE_MODE, num_samples=planned,
+                metric=OBJECTIVE.key, mode=OBJECTIVE.mode, num_samples=planned,
                 search_alg=BasicVariantGenerator(points_to_evaluate=configs),
                 max_concurrent_trials=settings.max_concurrent or None, reuse_actors=settings.reuse_workers,
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name),

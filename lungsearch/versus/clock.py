@@ -64,7 +64,7 @@ class Clock:
                 self.spent, self.over = True, self.over + 1
                 self.cut.add(trial)
                 raise BudgetSpent
-            objective = float(row.get(OBJECTIVE, math.nan))
+            objective = float(row.get(OBJECTIVE.key, math.nan))
             self.records.append({"t_s": t, "trial": trial, "epoch": int(row["epoch"]), "objective": objective,
                                  "final": bool(row.get("final"))})
             if self.budget.epochs and len(self.records) >= self.budget.epochs:

@@ -51,9 +51,9 @@ def reference(race: Race) -> pd.DataFrame:
         wall = time.time() - started
         ev = race.evaluate(load_model(race.dir / "reference" / name / "model.keras"), cfg, name)
         print(f"reference {name}: {count(int(last['epoch']), 'epoch')} in {wall:.0f} s, val AUC (objective) "
-              f"{last[OBJECTIVE]:.4f}, test AUC {ev.test['auc']:.4f}", flush=True)
+              f"{last[OBJECTIVE.key]:.4f}, test AUC {ev.test['auc']:.4f}", flush=True)
         rows.append({"model": name, "epochs": int(last["epoch"]), "kept_epoch": int(last["kept_epoch"]),
-                     "wall_s": round(wall, 1), "objective": float(last[OBJECTIVE]), **test_columns(ev)})
+                     "wall_s": round(wall, 1), "objective": float(last[OBJECTIVE.key]), **test_columns(ev)})
     return pd.DataFrame(rows)
 
 
@@ -88,7 +88,7 @@ def write_record(race: Race, outcomes: list[Outcome], ref: pd.DataFrame, wall_s:
     """versus.csv, curves.csv, reference.csv, versus.png and versus.md; return versus.md's path."""
     from ..figures import fig_versus
 
-    target = float(ref["objective"].max())
+    target = OBJECTIVE.best(ref[OBJECTIVE.key])
     table = summary(race, outcomes, target)
     table.to_csv(race.dir / "versus.csv", index=False)
     curves = {o.system: curve(o.records) for o in outcomes if o.records}
@@ -129,8 +129,8 @@ def race(space_path, data_arg: str | None = None, results_dir: str | Path = "res
     print(f"budget: {budget.text()} per system; systems: {', '.join(systems)}", flush=True)
     print("reference: the source report's three models, once, outside every budget (the target)", flush=True)
     ref = reference(r)
-    print(f"target: validation AUC {ref['objective'].max():.4f} ({ref.loc[ref['objective'].idxmax(), 'model']})",
-          flush=True)
+    first = ref.sort_values(OBJECTIVE.key, ascending=not OBJECTIVE.descending).iloc[0]
+    print(f"target: validation AUC {first[OBJECTIVE.key]:.4f} ({first['model']})", flush=True)
     outcomes = []
     for k, system in enumerate(systems, 1):
         print(f"== [{k}/{len(systems)}] {system}: {SYSTEMS[system]}, budget {budget.text()} ==", flush=True)

@@ -54,7 +54,7 @@ def hypermodel_class():
             except BudgetSpent:
                 self.clock.say(f"trial {trial} stopped: the budget ran out during its epoch, which does not count")
             kept = [r["objective"] for r in self.clock.trial_records(trial) if math.isfinite(r["objective"])]
-            return {OBJECTIVE: max(kept, default=math.nan)}  # the kept epoch's, within the budget
+            return {OBJECTIVE.key: OBJECTIVE.best(kept)}  # the kept epoch's, within the budget
 
     class StopWhenSpent(keras.callbacks.Callback):
         """After every other callback of the epoch (keras-tuner's checkpoint of the best epoch included): end the
@@ -118,7 +118,7 @@ def run_keras_tuner(race: Race, system: str) -> Outcome:
     hypermodel = hypermodel_class()(race, clock)
     s, b = race.settings, race.budget
     most = b.epochs + 1 if b.epochs else int(b.seconds) + 1
-    common = dict(objective=kt.Objective(OBJECTIVE, "max"), seed=s.seed + 1,  # keras-tuner reads seed 0 as unseeded
+    common = dict(objective=kt.Objective(OBJECTIVE.key, OBJECTIVE.mode), seed=s.seed + 1,  # keras-tuner reads seed 0 as unseeded
                   hyperparameters=race.space.hp.copy(), tune_new_entries=False, directory=str(race.dir),
                   project_name=system, overwrite=True, max_consecutive_failed_trials=FAILURES_IN_A_ROW)
     if system == "keras-tuner-hyperband":

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import analysis, data
-from ..config import OBJECTIVE_TEXT, count
+from ..config import OBJECTIVE, count
 from ..metrics import paired_difference
 from .shared import FAILURES_DIR, FAILURES_IN_A_ROW, LUNGSEARCH, Outcome, Race
 
@@ -42,7 +42,7 @@ def verdict(race: Race, table: pd.DataFrame, outcomes: list[Outcome], ref: pd.Da
     """The findings in sentences: who reached the target first, whose first-ranked model tests best, and whether
     the test part can tell them apart."""
     lines, ran = [], table[table["status"] == "ran"]
-    best_ref = ref.loc[ref["objective"].idxmax()]
+    best_ref = ref.sort_values(OBJECTIVE.key, ascending=not OBJECTIVE.descending).iloc[0]
     lines.append(f"**Target**: validation AUC {best_ref['objective']:.4f}, the best of the source report's three "
                  f"models ({best_ref['model']}), trained once at the race's settings before the race, outside every "
                  f"budget.")
@@ -165,7 +165,7 @@ def method_section(race: Race, table: pd.DataFrame, figure: Path, wall_s: float)
                     f"{b.seconds / 60:g} minutes of wall time per system, from the moment it starts (lungsearch's "
                     f"Ray start-up included); only epochs that ended within it count")
     return ["", "## How the race ran", "",
-            f"- Space: `{race.space.path}`; objective: {OBJECTIVE_TEXT} (every system compares it, "
+            f"- Space: `{race.space.path}`; objective: {OBJECTIVE.text} (every system compares it, "
             f"direction max).",
             f"- Data: `{race.data_dir}`, split `{s.split}`: " + ", ".join(
                 f"{p} {v['images']} images" for p, v in sizes.items()) + f"; {s.image_size} px, up to "

@@ -55,7 +55,7 @@ def pruning_callback(trial, clock: Clock):
             self.pruned = False
 
         def on_epoch_end(self, epoch, logs=None):
-            value = (logs or {}).get(OBJECTIVE, math.nan)
+            value = (logs or {}).get(OBJECTIVE.key, math.nan)
             if math.isfinite(value):
                 trial.report(value, epoch + 1)
                 if not self.model.stop_training and trial.should_prune():
@@ -73,7 +73,7 @@ class Objective:
 
     def __init__(self, race: Race, clock: Clock, folder: Path):
         self.race, self.clock, self.folder = race, clock, folder
-        self.best_value, self.best_number = -math.inf, None
+        self.best_value, self.best_number = OBJECTIVE.worst, None
         self.failures: dict[str, str] = {}
 
     def __call__(self, trial) -> float:
@@ -110,8 +110,8 @@ class Objective:
             self.clock.say(f"trial {name} " + (f"pruned after epoch {last['epoch']}" if pruning.pruned else
                                                f"stopped after epoch {last['epoch']}: the budget is spent"))
             raise optuna.TrialPruned()
-        value = float(last[OBJECTIVE])
-        if value > self.best_value:  # keep the best model only
+        value = float(last[OBJECTIVE.key])
+        if OBJECTIVE.better(value, self.best_value):  # keep the best model only
             if self.best_number is not None:
                 shutil.rmtree(self.folder / f"trial_{self.best_number}", ignore_errors=True)
             self.best_value, self.best_number = value, name
@@ -140,7 +140,7 @@ def run_optuna(race: Race, system: str) -> Outcome:
     s, clock = race.settings, Clock(system, race.budget)
     pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min(s.grace_period, s.max_epochs),
                                                     reduction_factor=s.reduction_factor)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=s.seed), pruner=pruner)
+    study = optuna.create_study(direction=OBJECTIVE.direction, sampler=optuna.samplers.TPESampler(seed=s.seed), pruner=pruner)
     objective = Objective(race, clock, race.dir / system)
     clock.started = time.time()
     error, note = "", ""

@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from .. import analysis
+from ..config import OBJECTIVE
 from .shared import SYSTEMS, Outcome, Race
 
 SHOWN = (("auc", False), ("f1", True), ("accuracy", True), ("recall", True), ("specificity", True))
@@ -16,10 +17,10 @@ def curve(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Best-so-far: after each counted epoch (in the order they ended), the time since the system started, the
     epochs trained so far and the best objective any trial had reached."""
     rows = sorted(records, key=lambda r: r["t_s"])
-    best, out = -math.inf, []
+    best, out = OBJECTIVE.worst, []
     for k, r in enumerate(rows, 1):
-        if math.isfinite(r["objective"]):
-            best = max(best, r["objective"])
+        if OBJECTIVE.better(r["objective"], best):
+            best = r["objective"]
         out.append({"t_s": r["t_s"], "epochs": k, "best": best if math.isfinite(best) else math.nan,
                     "trial": r["trial"], "epoch": r["epoch"], "objective": r["objective"]})
     return pd.DataFrame(out, columns=["t_s", "epochs", "best", "trial", "epoch", "objective"])
@@ -45,7 +46,7 @@ def summary(race: Race, outcomes: list[Outcome], target: float) -> pd.DataFrame:
     rows = []
     for o in outcomes:
         c = curve(o.records)
-        reached = c[c["best"] >= target] if len(c) else c
+        reached = c[[OBJECTIVE.reached(b, target) for b in c["best"]]] if len(c) else c
         trials = {r["trial"] for r in o.records}
         rows.append({
             "system": o.system, "what": SYSTEMS[o.system], "status": o.status, "parallelism": o.parallelism,
