@@ -129,6 +129,7 @@ def load_run(run_dir: str | Path, rank_by: str | None = None) -> Run:
         raise UserError(run_folder_problem(run_dir) or
                         f"{run_dir} has no trials.csv: the search did not finish; finish it with "
                         f"`python -m lungsearch resume {run_dir}`, then report again")
+    manifest = store.read_manifest(run_dir)  # a newer format is refused before its tables are read
     if (run_dir / "trials.csv").stat().st_size < 5:  # pandas writes an empty table as a blank line
         raise UserError(f"{run_dir / 'trials.csv'} lists no trials: nothing ran, so there is nothing to report")
     trials = pd.read_csv(run_dir / "trials.csv", dtype={"fixed_point": str, "error": str})
@@ -136,7 +137,6 @@ def load_run(run_dir: str | Path, rank_by: str | None = None) -> Run:
     hist = run_dir / "history.csv"
     history = (pd.read_csv(hist) if hist.is_file() and hist.stat().st_size > 1 else
                pd.DataFrame(columns=["trial", "fixed_point", "epoch", "val_f1"]))  # no trial trained an epoch
-    manifest = store.read_json(run_dir / "manifest.json")
     rank_by = rank_by or manifest.get("settings", {}).get("rank_by") or "objective"
     if rank_by not in RANK_BY:
         raise UserError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")

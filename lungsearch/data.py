@@ -457,14 +457,26 @@ def indices_of(ds: Dataset, entries: list[list[str]], path: str | Path) -> np.nd
     return np.sort(np.array([index[f] for f, _ in entries], dtype=int))
 
 
-def read_split(path: str | Path, ds: Dataset, fraction: float = 1.0) -> dict[str, np.ndarray]:
-    """The parts split.json lists, as indices of `ds` (the train part cut to its recorded `fraction` share)."""
+def read_split_record(path: str | Path) -> dict:
+    """split.json as written (split_record); one that cannot be read, or of a format newer than SPLIT_FORMAT, is a
+    UserError. A split.json without format_version is format 1, the format that added the field."""
     try:
         record = json.loads(Path(path).read_text())
-        parts = record["parts"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise UserError(f"cannot read the run's split {shown(path)} ({err}); it is written when the run starts") from None
-    split = {part: indices_of(ds, entries, path) for part, entries in parts.items()}
+    if not isinstance(record, dict) or not isinstance(record.get("parts"), dict):
+        raise UserError(f"the run's split {shown(path)} lists no parts: not a split.json lungsearch wrote")
+    found = record.get("format_version", 1)
+    if not isinstance(found, int) or isinstance(found, bool) or not 1 <= found <= SPLIT_FORMAT:
+        raise UserError(f"the run's split {shown(path)} is format_version {found!r}, and this lungsearch reads format "
+                        f"{SPLIT_FORMAT} at most: the run was made by a newer lungsearch; use that version to read it")
+    return record
+
+
+def read_split(path: str | Path, ds: Dataset, fraction: float = 1.0) -> dict[str, np.ndarray]:
+    """The parts split.json lists, as indices of `ds` (the train part cut to its recorded `fraction` share)."""
+    record = read_split_record(path)
+    split = {part: indices_of(ds, entries, path) for part, entries in record["parts"].items()}
     if fraction < 1:
         share = record.get("train_shares", {}).get(repr(float(fraction)))
         split["train"] = (indices_of(ds, share, path) if share is not None

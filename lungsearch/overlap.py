@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import data
+from . import data, store
 from .config import UserError
 
 
@@ -31,7 +31,7 @@ def run_folders(source: Path, card: dict[str, Any]) -> list[Path]:
 def run_manifest(source: Path, card: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     """The manifest of the run the model comes from, with its folder; or None with the reason it was not found."""
     fingerprint = card.get("data_fingerprint")
-    other = None
+    other = unread = None
     for folder in run_folders(source, card):
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
@@ -39,10 +39,16 @@ def run_manifest(source: Path, card: dict[str, Any]) -> tuple[dict[str, Any] | N
             continue
         if not isinstance(manifest, dict) or "run_constants" not in manifest:
             continue
+        problem = store.format_problem(manifest)
+        if problem:
+            unread = unread or f"its run folder {data.shown(folder)} cannot be read by this lungsearch ({problem})"
+            continue
         if fingerprint and (manifest.get("data") or {}).get("fingerprint") != fingerprint:
             other = folder
             continue
         return manifest, str(folder)
+    if unread:
+        return None, unread
     if other is not None:
         return None, f"the run folder {data.shown(other)} found has a manifest for other data than the model card's"
     if card.get("run_dir"):

@@ -53,3 +53,12 @@ def test_a_changed_or_missing_image_is_an_error_naming_it_not_a_silent_rebuild(s
     img.unlink()
     with pytest.raises(UserError, match=r"1 missing or unreadable .*point --data at the dataset the run used"):
         data.read_split(path, data.scan(folder))
+
+
+def test_a_split_file_of_a_newer_format_is_refused(stored):
+    folder, path = stored
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": data.SPLIT_FORMAT + 1}))
+    with pytest.raises(UserError, match=rf"split .*split.json is format_version {data.SPLIT_FORMAT + 1}, and this "
+                                        rf"lungsearch reads format {data.SPLIT_FORMAT} at most: the run was made by a "
+                                        rf"newer lungsearch"):
+        data.read_split(path, data.scan(folder))

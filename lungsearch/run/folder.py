@@ -49,6 +49,7 @@ def write_run_folder(run_dir: Path, space: spaces.Space, settings: SearchSetting
                      "data_limit": settings.data_limit, "data_fraction": settings.search_fraction,
                      "split_file": str(run_dir / data.SPLIT_FILE)}
     manifest = {
+        "format_version": store.MANIFEST_FORMAT,  # what `report` and `resume` check before they read the folder
         "space_file": str(space.path), "space_source": space.source, "space_doc": space.doc,
         "settings": dataclasses.asdict(settings), "smoke": smoke, "run_constants": run_constants,
         "searched": sorted(space.params), "conditions": space.conditions,
@@ -87,7 +88,7 @@ def run_folder_problem(run_dir: Path) -> str | None:
                 f"printed last)")
     if (run_dir / "trials.csv").is_file() or search_saved(run_dir):
         return None
-    manifest = store.read_json(run_dir / "manifest.json")
+    manifest = store.read_manifest(run_dir)
     return (f"{run_dir} is a run that never started a trial: its `run` stopped before Ray Tune saved any state in "
             f"{run_dir / 'ray'} (manifest: status {manifest.get('status', 'unknown')!r}, started "
             f"{manifest.get('started', '?')}), so it cannot be resumed and there is nothing to report. Start it "
@@ -98,7 +99,7 @@ def unchanged_data(run_dir: Path) -> data.Dataset | None:
     """The run's data folder, scanned, while it holds the images the run started on (the manifest's fingerprint);
     None for a manifest that records no fingerprint. Changed data is a UserError naming both fingerprints: a
     resumed search would train its unfinished trials on other images than its finished ones."""
-    manifest = store.read_json(run_dir / "manifest.json")
+    manifest = store.read_manifest(run_dir)
     want = (manifest.get("data") or {}).get("fingerprint")
     if not want:
         return None
