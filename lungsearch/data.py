@@ -484,12 +484,6 @@ def read_split(path: str | Path, ds: Dataset, fraction: float = 1.0) -> dict[str
     return split
 
 
-def run_split_seed(run_constants: dict) -> int:
-    """The split seed a run folder's constants record: split_seed, or seed in runs made before the split had a
-    seed of its own."""
-    return int(run_constants.get("split_seed", run_constants.get("seed", 0)))
-
-
 def shared_patients(ds: Dataset, split: dict[str, np.ndarray]) -> set[str]:
     """Patient keys (real ones, not per-file keys) found in more than one part."""
     seen: dict[str, set[str]] = {}

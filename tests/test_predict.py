@@ -145,7 +145,8 @@ def test_two_class_evaluation_prints_auc(model_file, tmp_path, capsys):
 
 def run_folder(model_file: Path, folder: Path, data_dir: Path, protocol: str, seed: int = 0, data_limit: int = 0,
                unreadable=(), card_run_dir: str | None = None) -> Path:
-    """A run folder as `report` leaves it, written by hand: best_model.keras, its card and the manifest."""
+    """A run folder as `report` leaves it, written by hand: best_model.keras, its card, the manifest and split.json
+    (the split of the dataset less its `unreadable` files, as the run drew it)."""
     from lungsearch import data
 
     fingerprint = data.scan(data_dir).fingerprint
@@ -157,6 +158,9 @@ def run_folder(model_file: Path, folder: Path, data_dir: Path, protocol: str, se
                                   "image_size": 8},
                 "data": {"fingerprint": fingerprint, "unreadable": sorted(unreadable)}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    ds = data.scan(data_dir).without(set(unreadable))
+    data.write_split(folder / data.SPLIT_FILE,
+                     data.split_record(ds, data.make_split(ds, protocol, seed, data_limit), protocol, seed))
     return path
 
 
@@ -213,9 +217,10 @@ def test_evaluate_says_when_overlap_cannot_be_checked(model_file, tmp_path, caps
     assert (f"note: could not check whether these images overlap the model's training and validation data: its run "
             f"folder {tmp_path / 'moved-away'} (manifest.json) is not reachable") in err
     model = run_folder(model_file, run, root, "patient")
-    shutil.copy(next((root / "train" / "NORMAL").iterdir()), root / "train" / "NORMAL" / "IM-9999-0001.jpeg")
-    assert predict.evaluate(model, root) == 0  # the dataset changed since the run: its split cannot be rebuilt
-    assert "is not there or has changed, so its split cannot be rebuilt" in capsys.readouterr().err
+    (run / "split.json").unlink()
+    assert predict.evaluate(model, root) == 0
+    assert f"could not check whether these images overlap the model's training and validation data: cannot read " \
+           f"the run's split {run / 'split.json'}" in capsys.readouterr().err
     assert predict.evaluate(model_file, root) == 0
     assert "the model has no card naming its run" in capsys.readouterr().err
 

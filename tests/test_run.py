@@ -287,9 +287,12 @@ def test_run_exits_0_only_with_a_finished_search_and_its_report(tmp_path, capsys
 
 
 def half_made_run(tmp_path, name: str, ray_files=(), manifest=True) -> Path:
-    """A run folder as a driver that died early leaves it: manifest.json (status "running"), ray/ files."""
+    """A run folder as a driver that died early leaves it: manifest.json (status "running"), ray/ files. Its data
+    folder, "my data", holds four images."""
     from dataclasses import asdict
 
+    from conftest import make_dataset
+    from lungsearch import data
     from lungsearch.config import SMOKE, SearchSettings
 
     space = tmp_path / "myspace.py"
@@ -299,10 +302,14 @@ def half_made_run(tmp_path, name: str, ray_files=(), manifest=True) -> Path:
     (run_dir / "space.py").write_text(space.read_text())
     settings = SearchSettings(num_samples=6, max_epochs=10).replace(**SMOKE).replace(
         seed=3, searcher="tpe", fixed_points=False, split="target")
+    images = tmp_path / "my data"
+    if not images.is_dir():
+        make_dataset(images, {"train": 1})
     if manifest:
         (run_dir / "manifest.json").write_text(json.dumps({
             "space_file": str(space), "space_source": space.read_text(), "settings": asdict(settings),
-            "smoke": True, "split_requested": "auto", "data": {"dir": str(tmp_path / "my data")},
+            "smoke": True, "split_requested": "auto", "run_constants": {"data_dir": str(images)},
+            "data": {"dir": str(images), "fingerprint": data.scan(images).fingerprint},
             "started": "2026-01-02T03:04:05", "status": "running"}))
     for f in ray_files:
         (run_dir / "ray" / f).parent.mkdir(exist_ok=True)

@@ -95,15 +95,12 @@ def run_folder_problem(run_dir: Path) -> str | None:
             f"again with `{rerun_command(run_dir, manifest)}`")
 
 
-def unchanged_data(run_dir: Path) -> data.Dataset | None:
-    """The run's data folder, scanned, while it holds the images the run started on (the manifest's fingerprint);
-    None for a manifest that records no fingerprint. Changed data is a UserError naming both fingerprints: a
-    resumed search would train its unfinished trials on other images than its finished ones."""
+def unchanged_data(run_dir: Path) -> data.Dataset:
+    """The run's data folder, scanned, while it holds the images the run started on (the manifest's fingerprint).
+    Changed data is a UserError naming both fingerprints: a resumed search would train its unfinished trials on
+    other images than its finished ones."""
     manifest = store.read_manifest(run_dir)
-    want = (manifest.get("data") or {}).get("fingerprint")
-    if not want:
-        return None
-    folder = manifest.get("run_constants", {}).get("data_dir") or manifest["data"].get("dir")
+    want, folder = manifest["data"]["fingerprint"], manifest["run_constants"]["data_dir"]
     try:
         ds = data.scan(folder)
     except UserError as err:
