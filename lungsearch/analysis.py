@@ -159,9 +159,12 @@ class RunData:
         self.arrays: dict[tuple[int, str], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         self.scanned = data.scan(self.dir)  # hashed once; every image size and decoding reuses it
         if self.scanned.fingerprint != run.manifest["data"]["fingerprint"]:
+            listed = data.split_changes(run.dir / data.SPLIT_FILE, self.scanned)
             raise UserError(f"dataset {self.dir} has fingerprint {self.scanned.fingerprint} but the run used "
-                            f"{run.manifest['data']['fingerprint']}: the files changed, so the run's test part "
-                            f"cannot be rebuilt; pass --data DIR with the dataset the run was trained on")
+                            f"{run.manifest['data']['fingerprint']}: the files changed"
+                            + (f" (of the images {data.SPLIT_FILE} lists, {listed})" if listed else "")
+                            + ", so the run's parts are not the images it trained and scored on; pass --data DIR "
+                              "with the dataset the run was trained on")
         self.ds, self.images = self.load(int(consts["image_size"]))
         stored = run.dir / data.SPLIT_FILE
         self.split = data.read_split(stored, self.ds)

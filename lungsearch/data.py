@@ -443,17 +443,30 @@ def write_split(path: str | Path, record: dict) -> None:
     tmp.replace(path)
 
 
+def listed_changes(listed: dict[str, str], ds: Dataset, prefix: str = "") -> tuple[list[str], list[str]]:
+    """(changed, missing): of the files a split.json lists under `prefix` ({file: sha1}, names relative to the run's
+    data folder), those `ds` holds with other content, and those it lacks. `ds` holds the run's data folder, or
+    (`prefix`, e.g. "test/") the part of it whose files are `prefix` + its own names."""
+    here = {prefix + f: h for f, h in zip(ds.files, ds.hashes)}
+    mine = [(f, h) for f, h in listed.items() if f.startswith(prefix)]
+    return sorted(f for f, h in mine if f in here and here[f] != h), sorted(f for f, _ in mine if f not in here)
+
+
+def changes_text(changed: list[str], missing: list[str]) -> str:
+    """The listed images that are not as the run found them, in words naming the first of each kind."""
+    return "; ".join(f"{len(v)} {w} (e.g. {shown(v[0])})" for v, w in ((missing, "missing or unreadable"),
+                                                                      (changed, "changed")) if v)
+
+
 def indices_of(ds: Dataset, entries: list[list[str]], path: str | Path) -> np.ndarray:
     """The indices in `ds` of split.json's [file, sha1] entries; a file missing or changed since is a UserError
     naming it, never a silent rebuild."""
-    index = {f: i for i, f in enumerate(ds.files)}
-    missing = [f for f, _ in entries if f not in index]
-    changed = [f for f, h in entries if f in index and ds.hashes[index[f]] != h]
+    changed, missing = listed_changes(dict(entries), ds)
     if missing or changed:
-        what = "; ".join(f"{len(v)} {w} (e.g. {shown(v[0])})" for v, w in ((missing, "missing or unreadable"),
-                                                                           (changed, "changed")) if v)
-        raise UserError(f"{shown(path)} lists images of {shown(ds.root)} that are not as the run found them: {what}. "
-                        f"The run's parts cannot be used as they were; point --data at the dataset the run used")
+        raise UserError(f"{shown(path)} lists images of {shown(ds.root)} that are not as the run found them: "
+                        f"{changes_text(changed, missing)}. The run's parts cannot be used as they were; point "
+                        f"--data at the dataset the run used")
+    index = {f: i for i, f in enumerate(ds.files)}
     return np.sort(np.array([index[f] for f, _ in entries], dtype=int))
 
 
@@ -471,6 +484,16 @@ def read_split_record(path: str | Path) -> dict:
         raise UserError(f"the run's split {shown(path)} is format_version {found!r}, and this lungsearch reads format "
                         f"{SPLIT_FORMAT} at most: the run was made by a newer lungsearch; use that version to read it")
     return record
+
+
+def split_changes(path: str | Path, ds: Dataset) -> str:
+    """In words, the images split.json lists that `ds` (the run's data folder) holds with other content or lacks;
+    "" when they are all as the run found them, or split.json cannot be read."""
+    try:
+        parts = read_split_record(path)["parts"]
+    except UserError:
+        return ""
+    return changes_text(*listed_changes({f: h for entries in parts.values() for f, h in entries}, ds))
 
 
 def read_split(path: str | Path, ds: Dataset, fraction: float = 1.0) -> dict[str, np.ndarray]:

@@ -1,5 +1,10 @@
-"""`evaluate`'s training-overlap check: how many of the scored images a model was trained, validated or
-early-stopped on, compared by file content with the parts its run's split.json lists.
+"""`evaluate`'s checks against the model's own run, read from the run folder's split.json:
+
+- `check_unchanged`: a folder that holds the run's images (the names and contents split.json lists) must hold them
+  as the run found them: an image the run listed, changed since, is an error naming it, as `report` and `resume`
+  refuse the run's changed data folder. A folder holding none of them is another dataset, scored as it is.
+- `training_overlap`: how many of the scored images the model was trained, validated or early-stopped on, compared
+  by file content.
 
 The run folder is the model card's run_dir, else the folder around the card or model.
 """
@@ -7,12 +12,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import data, store
-from .config import UserError
+from .config import UserError, count
 
 
 @dataclass
@@ -21,6 +27,7 @@ class RunSplit:
 
     folder: Path
     protocol: str
+    listed: dict[str, str]  # every listed file (relative to the run's data folder): its sha1
     part_of: dict[str, str]  # sha1: the part (an image in two parts counts in the last of test, holdout, val, train)
 
 
@@ -59,8 +66,9 @@ def find_run(source: Path, card: dict[str, Any]) -> tuple[RunSplit | None, str]:
             parts = data.read_split_record(folder / data.SPLIT_FILE)["parts"]
         except UserError as err:
             return None, str(err)
+        listed = {f: h for entries in parts.values() for f, h in entries}
         part_of = {h: part for part in ("test", "holdout", "val", "train") for _, h in parts.get(part, [])}
-        return RunSplit(folder, str(manifest["run_constants"].get("split", "?")), part_of), ""
+        return RunSplit(folder, str(manifest["run_constants"].get("split", "?")), listed, part_of), ""
     if unread:
         return None, unread
     if other is not None:
@@ -68,6 +76,37 @@ def find_run(source: Path, card: dict[str, Any]) -> tuple[RunSplit | None, str]:
     if card.get("run_dir"):
         return None, f"its run folder {data.shown(card['run_dir'])} (manifest.json) is not reachable"
     return None, "the model has no card naming its run (best_model.json, beside it) and no run folder around it"
+
+
+def listed_prefix(run: RunSplit, evaluated: data.Dataset) -> str | None:
+    """Where the evaluated folder sits in the run's data folder: the prefix ("", "test/", ...) that makes most of
+    its images the run's, by name and content; None when it holds no image the run listed (another dataset)."""
+    by_suffix: dict[str, list[str]] = {}
+    for name in run.listed:
+        words = name.split("/")
+        for k in range(len(words) - 1):  # CLASS/FILE at least: a bare file name says too little
+            by_suffix.setdefault("/".join(words[k:]), []).append(name)
+    prefixes = Counter(name[: len(name) - len(f)] for f, h in zip(evaluated.files, evaluated.hashes)
+                       for name in by_suffix.get(f, []) if run.listed[name] == h)
+    return prefixes.most_common(1)[0][0] if prefixes else None
+
+
+def check_unchanged(run: RunSplit | None, evaluated: data.Dataset) -> None:
+    """Refuse to score a folder that holds the run's images when an image the run listed under a name the folder
+    holds has other content now: its metrics would not be the run's, and nothing else would say so."""
+    prefix = None if run is None else listed_prefix(run, evaluated)
+    if prefix is None:
+        return
+    changed, _ = data.listed_changes(run.listed, evaluated, prefix)
+    if changed:
+        names = ", ".join(data.shown(f) for f in changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3
+                                                                  else "")
+        raise UserError(f"{count(len(changed), 'image')} of {data.shown(evaluated.root)} changed since the "
+                        f"model's run listed {'it' if len(changed) == 1 else 'them'} in "
+                        f"{data.shown(run.folder / data.SPLIT_FILE)}: {names} (same name, other content). This folder "
+                        f"holds the run's images, but not as the run found them, so its metrics would not be the "
+                        f"run's; put the run's images back, or score images the run never listed in a folder of "
+                        f"their own")
 
 
 def training_overlap(run: RunSplit | None, why: str, card: dict[str, Any], scored: list[str]) -> None:

@@ -3,7 +3,7 @@
 MODEL is a .keras file (threshold from the JSON card beside it, e.g. best_model.json, else 0.5), a
 model card (best_model.json) or an ensemble card (ensemble.json), whose members are each fed at their
 own input size and whose probabilities are averaged. `evaluate` also says how many of the scored images
-the model was trained or validated on (overlap.py).
+the model was trained or validated on, and refuses the run's own images changed since the run (overlap.py).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from . import data
 from .calibration import Platt
 from .config import UserError
 from .metrics import binary_metrics
-from .overlap import find_run, training_overlap
+from .overlap import check_unchanged, find_run, training_overlap
 
 BATCH = 256
 
@@ -270,6 +270,7 @@ def evaluate(model_path: str | Path, data_dir: str | Path | None) -> int:
     test = data.find_children(root, data.PARTS).get("test") if root.is_dir() else None
     ds = data.scan(test or root)  # a folder holding NORMAL/ and PNEUMONIA/ counts as one part
     run, why = find_run(predictor.source, predictor.card)
+    check_unchanged(run, ds)  # the run's images, changed since: refused before any is scored
     paths, labels = [ds.root / f for f in ds.files], ds.labels
     probs, bad = predictor.probabilities(paths)
     if bad:

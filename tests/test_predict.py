@@ -225,6 +225,27 @@ def test_evaluate_says_when_overlap_cannot_be_checked(model_file, tmp_path, caps
     assert "the model has no card naming its run" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_the_runs_images_changed_since_and_scores_another_dataset(model_file, tmp_path, capsys):
+    """The run's own folder, a copy of it and its test/ folder passed directly all hold the run's images: one the
+    run listed with other content is an error naming it. Another dataset that reuses the names is scored."""
+    root = make_dataset(tmp_path / "data", {"train": 6, "test": 4})
+    model = run_folder(model_file, tmp_path / "run", root, "patient")
+    first, second = sorted((root / "test" / "PNEUMONIA").iterdir())[:2]
+    first.write_bytes(second.read_bytes())  # other pixels under a name the run listed
+    copy = Path(shutil.copytree(root, tmp_path / "copy"))
+    for folder in (root, copy, copy / "test"):
+        with pytest.raises(UserError) as err:
+            predict.evaluate(model, folder)
+        assert str(err.value) == (
+            f"1 image of {folder if folder.name == 'test' else folder / 'test'} changed since the model's run listed "
+            f"it in {tmp_path / 'run' / 'split.json'}: test/PNEUMONIA/{first.name} (same name, other content). This "
+            f"folder holds the run's images, but not as the run found them, so its metrics would not be the run's; "
+            f"put the run's images back, or score images the run never listed in a folder of their own")
+    other = make_dataset(tmp_path / "other", {"train": 6, "test": 4}, seed=1)  # the same names, other images
+    assert predict.evaluate(model, other) == 0
+    assert "none of the 16 scored images is in this model's training or validation part" in capsys.readouterr().out
+
+
 def test_predict_names_the_threshold_before_the_labels_and_applies_the_calibration(model_file, tmp_path, capsys):
     path = copy_model(model_file, tmp_path / "run")
     images = sorted((make_dataset(tmp_path / "xrays", {"test": 1}) / "test").rglob("*.jp*g"))[:2]

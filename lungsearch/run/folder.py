@@ -97,8 +97,8 @@ def run_folder_problem(run_dir: Path) -> str | None:
 
 def unchanged_data(run_dir: Path) -> data.Dataset:
     """The run's data folder, scanned, while it holds the images the run started on (the manifest's fingerprint).
-    Changed data is a UserError naming both fingerprints: a resumed search would train its unfinished trials on
-    other images than its finished ones."""
+    Changed data is a UserError naming both fingerprints and the images split.json lists that changed: a resumed
+    search would train its unfinished trials on other images than its finished ones."""
     manifest = store.read_manifest(run_dir)
     want, folder = manifest["data"]["fingerprint"], manifest["run_constants"]["data_dir"]
     try:
@@ -107,10 +107,12 @@ def unchanged_data(run_dir: Path) -> data.Dataset:
         raise UserError(f"cannot resume {run_dir}: its data folder cannot be read ({err}); put the run's data back "
                         f"at {shown(folder)}") from None
     if ds.fingerprint != want:
+        listed = data.split_changes(run_dir / data.SPLIT_FILE, ds)
         raise UserError(f"cannot resume {run_dir}: its data folder {shown(folder)} has changed since the run started "
-                        f"(fingerprint now {ds.fingerprint}, the run's {want} in manifest.json), so its unfinished "
-                        f"trials would train on other images than its finished ones. Put the run's images back, or "
-                        f"start a new run on the changed data: `{rerun_command(run_dir, manifest)}`")
+                        f"(fingerprint now {ds.fingerprint}, the run's {want} in manifest.json"
+                        + (f"; of the images {data.SPLIT_FILE} lists, {listed}" if listed else "") + "), so the "
+                        f"resumed search would train and score on other images than its trials so far. Put the run's "
+                        f"images back, or start a new run on the changed data: `{rerun_command(run_dir, manifest)}`")
     return ds
 
 
