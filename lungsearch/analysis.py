@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import adaptation, confirmation, data, models, space as spaces, store
-from .config import FIXED_POINTS, OBJECTIVE, RANK_BY, RANK_TEXT, TrialConfig, UserError, count
+from .config import FIXED_POINTS, OBJECTIVE, RANK_BY, TrialConfig, UserError, count
 from .metrics import binary_metrics, bootstrap_ci, paired_difference, roc_auc, val_threshold
 from .predict import load_model
 
@@ -31,8 +31,6 @@ SPLIT_NAMES = {"patient": "patient-grouped split (no child in two parts)",
                          "train and test, so figures are optimistic)",
                "target": "target-distribution split: validation and test are halves of the dataset's own test/ "
                          "folder, grouped by patient; an in-distribution holdout of train/ patients is only reported"}
-# How runs from before the objective existed ranked their trials.
-OLD_RANKING = "validation F1, ties broken by validation AUC (this run predates the objective)"
 
 
 @dataclass
@@ -75,12 +73,7 @@ class Run:
 
 def objective_text(manifest: dict[str, Any]) -> str:
     """In words, the one number that ranked the run's trials (and drove early stopping and ASHA)."""
-    return manifest.get("objective", {}).get("text") or OLD_RANKING
-
-
-def score_column(table: pd.DataFrame) -> str:
-    """The column of trials.csv or history.csv holding that number: objective, or val_f1 in older runs."""
-    return "objective" if "objective" in table.columns else "val_f1"
+    return manifest["objective"]["text"]
 
 
 @dataclass
@@ -129,32 +122,26 @@ def load_run(run_dir: str | Path, rank_by: str | None = None) -> Run:
         raise UserError(run_folder_problem(run_dir) or
                         f"{run_dir} has no trials.csv: the search did not finish; finish it with "
                         f"`python -m lungsearch resume {run_dir}`, then report again")
+    manifest = store.read_manifest(run_dir)  # a newer format is refused before its tables are read
     if (run_dir / "trials.csv").stat().st_size < 5:  # pandas writes an empty table as a blank line
         raise UserError(f"{run_dir / 'trials.csv'} lists no trials: nothing ran, so there is nothing to report")
     trials = pd.read_csv(run_dir / "trials.csv", dtype={"fixed_point": str, "error": str})
     trials[["fixed_point", "error"]] = trials[["fixed_point", "error"]].fillna("")
     hist = run_dir / "history.csv"
     history = (pd.read_csv(hist) if hist.is_file() and hist.stat().st_size > 1 else
-               pd.DataFrame(columns=["trial", "fixed_point", "epoch", "val_f1"]))  # no trial trained an epoch
-    manifest = store.read_json(run_dir / "manifest.json")
+               pd.DataFrame(columns=["trial", "fixed_point", "stage", *store.HISTORY]))  # no trial trained an epoch
     rank_by = rank_by or manifest.get("settings", {}).get("rank_by") or "objective"
     if rank_by not in RANK_BY:
         raise UserError(f"--rank-by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
-    if rank_by != "objective" and RANK_BY[rank_by] not in trials.columns:
-        raise UserError(f"{run_dir / 'trials.csv'} has no {RANK_BY[rank_by]} column (a run made before --rank-by "
-                        f"existed): it can only be ranked by the objective")
     return Run(run_dir, manifest, leaderboard(trials, rank_by), history, rank_by=rank_by)
 
 
 def leaderboard(trials: pd.DataFrame, rank_by: str = "objective") -> pd.DataFrame:
     """Trials ranked by the objective, ties broken by validation F1 (rank_by f1: by validation F1 at the
-    validation threshold, ties broken by the objective; an older table without the objective: by validation F1,
-    then AUC); trials without metrics last."""
-    keys = [OBJECTIVE.key, "val_f1"] if score_column(trials) == OBJECTIVE.key else ["val_f1", "val_auc"]
-    if rank_by != "objective":
-        keys = [RANK_BY[rank_by], OBJECTIVE.key]  # validation F1 and the objective: higher is better for both
+    validation threshold, ties broken by the objective); trials without metrics last."""
+    keys = [OBJECTIVE.key, "val_f1"] if rank_by == "objective" else [RANK_BY[rank_by], OBJECTIVE.key]
     board = trials.sort_values(keys, ascending=not OBJECTIVE.descending, na_position="last",
-                               kind="mergesort").reset_index(drop=True)
+                               kind="mergesort").reset_index(drop=True)  # validation F1 too: higher is better
     board.insert(0, "rank", np.arange(1, len(board) + 1))
     return board
 
@@ -173,13 +160,15 @@ class RunData:
         self.arrays: dict[tuple[int, str], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         self.scanned = data.scan(self.dir)  # hashed once; every image size and decoding reuses it
         if self.scanned.fingerprint != run.manifest["data"]["fingerprint"]:
+            listed = data.split_changes(run.dir / data.SPLIT_FILE, self.scanned)
             raise UserError(f"dataset {self.dir} has fingerprint {self.scanned.fingerprint} but the run used "
-                            f"{run.manifest['data']['fingerprint']}: the files changed, so the run's test part "
-                            f"cannot be rebuilt; pass --data DIR with the dataset the run was trained on")
+                            f"{run.manifest['data']['fingerprint']}: the files changed"
+                            + (f" (of the images {data.SPLIT_FILE} lists, {listed})" if listed else "")
+                            + ", so the run's parts are not the images it trained and scored on; pass --data DIR "
+                              "with the dataset the run was trained on")
         self.ds, self.images = self.load(int(consts["image_size"]))
         stored = run.dir / data.SPLIT_FILE
-        self.split = (data.read_split(stored, self.ds) if stored.is_file() else  # runs before split.json: rebuilt
-                      data.make_split(self.ds, consts["split"], data.run_split_seed(consts), int(consts["data_limit"])))
+        self.split = data.read_split(stored, self.ds)
 
     def load(self, size: int, normalize: str = "none") -> tuple[data.Dataset, np.ndarray]:
         # this user's cache ($LUNGSEARCH_CACHE)
@@ -390,7 +379,7 @@ def cross_fit_final(run: Run, rdata: "RunData", best: Evaluation, key: dict[str,
         parts = rdata.parts(int(model.input_shape[1]), models.decode_normalization(model))
         members.append(adaptation.Member(trial, model, run.config(trial).tta, {k: x for k, (x, _) in parts.items()}))
     folds = data.patient_folds(rdata.patients("val"), best.y["val"], key["folds"],
-                               data.run_split_seed(run.manifest["run_constants"]))
+                               int(run.manifest["run_constants"]["split_seed"]))
     log(f"adapting the final model ({len(members)} model(s)) to the validation part: {key['folds']} folds")
     got = adaptation.cross_fit(members, best.y["val"], folds, best.p["val"], key["epochs"], key["learning_rate"],
                                key["seed"], models.predict_proba, log)
@@ -408,15 +397,15 @@ def cross_fit_final(run: Run, rdata: "RunData", best: Evaluation, key: dict[str,
 
 def asha_rungs(run: Run) -> list[tuple[int, pd.Series]]:
     """ASHA's rungs (epochs, placed as Ray's AsyncHyperBand places them), each with the objective there (the
-    number ASHA compares; validation F1 in older runs) of the sampled trials that reached it (fixed points are
-    never stopped, so they are left out)."""
+    number ASHA compares) of the sampled trials that reached it (fixed points are never stopped, so they are left
+    out)."""
     s, h = run.manifest["settings"], confirmation.stage_of(run.history, "search")
     hi = int(run.manifest["run_constants"].get("max_epochs", s["max_epochs"]))  # the search stage's epochs
     lo, rf = min(s["grace_period"], hi), s["reduction_factor"]
     rungs = sorted({lo * rf ** k for k in range(int(np.log(hi / lo) / np.log(rf) + 1))} | {hi})
     search = confirmation.stage_of(run.trials, "search")
     sampled = set(search.loc[search["fixed_point"] == "", "trial"])
-    return [(r, h.loc[(h["epoch"] == r) & h["trial"].isin(sampled), score_column(h)]) for r in rungs]
+    return [(r, h.loc[(h["epoch"] == r) & h["trial"].isin(sampled), "objective"]) for r in rungs]
 
 
 def card(a: Analysis, ev: Evaluation) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def smoke_search(data_dir: Path, results: Path, reuse_workers: bool, cpus_per_tr
 def trial_epochs(run_dir: Path) -> list[tuple[TrialConfig, int]]:
     """Each trial of a finished run folder: its config (inactive conditional parameters dropped, as the trial
     ran it) and the epochs it trained."""
-    manifest = store.read_json(run_dir / "manifest.json")
+    manifest = store.read_manifest(run_dir)
     history = pd.read_csv(run_dir / "history.csv")
     epochs = history.groupby("trial").size().to_dict()
     trials = []
@@ -169,7 +169,7 @@ def search_efficiency(run_dir: Path, solo: dict[TrialConfig, float], sample: int
     `sample` > 0 times at most that many of the configs not in `solo` (a seeded random choice); the epochs of
     the others count at the epoch-weighted mean solo time of those timed, so a large search is measured in
     minutes. `solo_timed` and `configs` in the result say how many were timed of how many."""
-    manifest = store.read_json(run_dir / "manifest.json")
+    manifest = store.read_manifest(run_dir)
     res = manifest["resources"]
     trials = trial_epochs(run_dir)
     configs = list(dict.fromkeys(cfg for cfg, n in trials if n))

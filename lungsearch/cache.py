@@ -73,18 +73,18 @@ def file_sha1(path: Path) -> str:
 def read_cache(npy: Path, meta: Path, files: list[str], image_size: int,
                log) -> tuple[np.ndarray, set[str]] | None:
     """The cached images of a dataset's `files` and the unreadable ones, or None when there is no cache entry or
-    it is damaged (a warning through `log`; the caller decodes afresh). Metadata written before byte sizes and
-    checksums were recorded is verified by loading the array and checking its shape."""
+    it is damaged (a warning through `log`; the caller decodes afresh): metadata that lists other files or lacks the
+    array's byte size and checksum, an array whose size, checksum, shape or type is not the metadata's."""
     if not (npy.exists() and meta.exists()):
         return None
     try:
         info = json.loads(meta.read_text())
         bad = set(info["unreadable"])
-        if info.get("files", len(files)) != len(files) or not bad <= set(files):
+        if info["files"] != len(files) or not bad <= set(files):
             raise ValueError("its metadata lists other files than the dataset's")
-        if "npy_bytes" in info and npy.stat().st_size != info["npy_bytes"]:
+        if npy.stat().st_size != info["npy_bytes"]:
             raise ValueError(f"{npy.stat().st_size} bytes instead of {info['npy_bytes']}")
-        if "npy_sha1" in info and file_sha1(npy) != info["npy_sha1"]:
+        if file_sha1(npy) != info["npy_sha1"]:
             raise ValueError("its checksum does not match")
         images = np.load(npy, mmap_mode="r")
         expected = (len(files) - len(bad), image_size, image_size)

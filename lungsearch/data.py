@@ -443,39 +443,68 @@ def write_split(path: str | Path, record: dict) -> None:
     tmp.replace(path)
 
 
+def listed_changes(listed: dict[str, str], ds: Dataset, prefix: str = "") -> tuple[list[str], list[str]]:
+    """(changed, missing): of the files a split.json lists under `prefix` ({file: sha1}, names relative to the run's
+    data folder), those `ds` holds with other content, and those it lacks. `ds` holds the run's data folder, or
+    (`prefix`, e.g. "test/") the part of it whose files are `prefix` + its own names."""
+    here = {prefix + f: h for f, h in zip(ds.files, ds.hashes)}
+    mine = [(f, h) for f, h in listed.items() if f.startswith(prefix)]
+    return sorted(f for f, h in mine if f in here and here[f] != h), sorted(f for f, _ in mine if f not in here)
+
+
+def changes_text(changed: list[str], missing: list[str]) -> str:
+    """The listed images that are not as the run found them, in words naming the first of each kind."""
+    return "; ".join(f"{len(v)} {w} (e.g. {shown(v[0])})" for v, w in ((missing, "missing or unreadable"),
+                                                                      (changed, "changed")) if v)
+
+
 def indices_of(ds: Dataset, entries: list[list[str]], path: str | Path) -> np.ndarray:
     """The indices in `ds` of split.json's [file, sha1] entries; a file missing or changed since is a UserError
     naming it, never a silent rebuild."""
-    index = {f: i for i, f in enumerate(ds.files)}
-    missing = [f for f, _ in entries if f not in index]
-    changed = [f for f, h in entries if f in index and ds.hashes[index[f]] != h]
+    changed, missing = listed_changes(dict(entries), ds)
     if missing or changed:
-        what = "; ".join(f"{len(v)} {w} (e.g. {shown(v[0])})" for v, w in ((missing, "missing or unreadable"),
-                                                                           (changed, "changed")) if v)
-        raise UserError(f"{shown(path)} lists images of {shown(ds.root)} that are not as the run found them: {what}. "
-                        f"The run's parts cannot be used as they were; point --data at the dataset the run used")
+        raise UserError(f"{shown(path)} lists images of {shown(ds.root)} that are not as the run found them: "
+                        f"{changes_text(changed, missing)}. The run's parts cannot be used as they were; point "
+                        f"--data at the dataset the run used")
+    index = {f: i for i, f in enumerate(ds.files)}
     return np.sort(np.array([index[f] for f, _ in entries], dtype=int))
+
+
+def read_split_record(path: str | Path) -> dict:
+    """split.json as written (split_record); one that cannot be read, or of a format newer than SPLIT_FORMAT, is a
+    UserError. A split.json without format_version is format 1, the format that added the field."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read the run's split {shown(path)} ({err}); it is written when the run starts") from None
+    if not isinstance(record, dict) or not isinstance(record.get("parts"), dict):
+        raise UserError(f"the run's split {shown(path)} lists no parts: not a split.json lungsearch wrote")
+    found = record.get("format_version", 1)
+    if not isinstance(found, int) or isinstance(found, bool) or not 1 <= found <= SPLIT_FORMAT:
+        raise UserError(f"the run's split {shown(path)} is format_version {found!r}, and this lungsearch reads format "
+                        f"{SPLIT_FORMAT} at most: the run was made by a newer lungsearch; use that version to read it")
+    return record
+
+
+def split_changes(path: str | Path, ds: Dataset) -> str:
+    """In words, the images split.json lists that `ds` (the run's data folder) holds with other content or lacks;
+    "" when they are all as the run found them, or split.json cannot be read."""
+    try:
+        parts = read_split_record(path)["parts"]
+    except UserError:
+        return ""
+    return changes_text(*listed_changes({f: h for entries in parts.values() for f, h in entries}, ds))
 
 
 def read_split(path: str | Path, ds: Dataset, fraction: float = 1.0) -> dict[str, np.ndarray]:
     """The parts split.json lists, as indices of `ds` (the train part cut to its recorded `fraction` share)."""
-    try:
-        record = json.loads(Path(path).read_text())
-        parts = record["parts"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"cannot read the run's split {shown(path)} ({err}); it is written when the run starts") from None
-    split = {part: indices_of(ds, entries, path) for part, entries in parts.items()}
+    record = read_split_record(path)
+    split = {part: indices_of(ds, entries, path) for part, entries in record["parts"].items()}
     if fraction < 1:
         share = record.get("train_shares", {}).get(repr(float(fraction)))
         split["train"] = (indices_of(ds, share, path) if share is not None
                           else training_share(ds, split["train"], fraction, int(record.get("split_seed", 0))))
     return split
-
-
-def run_split_seed(run_constants: dict) -> int:
-    """The split seed a run folder's constants record: split_seed, or seed in runs made before the split had a
-    seed of its own."""
-    return int(run_constants.get("split_seed", run_constants.get("seed", 0)))
 
 
 def shared_patients(ds: Dataset, split: dict[str, np.ndarray]) -> set[str]:

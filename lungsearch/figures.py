@@ -77,9 +77,9 @@ def fig_best(a: Analysis, folder: Path) -> Path:
 
 
 def fig_asha(a: Analysis, folder: Path) -> Path:
-    """Epochs each trial survived, and the objective (validation F1 in older runs) at each ASHA rung."""
+    """Epochs each trial survived, and the objective at each ASHA rung."""
     b, h = confirmation.stage_of(a.board, "search"), confirmation.stage_of(a.run.history, "search")
-    rungs, col = analysis.asha_rungs(a.run), analysis.score_column(a.run.history)
+    rungs, col = analysis.asha_rungs(a.run), "objective"
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)
     present = [s for s in STATUS_COLOURS if (b["status"] == s).any()]

@@ -3,7 +3,7 @@
 MODEL is a .keras file (threshold from the JSON card beside it, e.g. best_model.json, else 0.5), a
 model card (best_model.json) or an ensemble card (ensemble.json), whose members are each fed at their
 own input size and whose probabilities are averaged. `evaluate` also says how many of the scored images
-the model was trained or validated on (overlap.py).
+the model was trained or validated on, and refuses the run's own images changed since the run (overlap.py).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from . import data
 from .calibration import Platt
 from .config import UserError
 from .metrics import binary_metrics
-from .overlap import training_overlap
+from .overlap import check_unchanged, find_run, training_overlap
 
 BATCH = 256
 
@@ -269,6 +269,8 @@ def evaluate(model_path: str | Path, data_dir: str | Path | None) -> int:
     root = Path(data_dir).expanduser().resolve()
     test = data.find_children(root, data.PARTS).get("test") if root.is_dir() else None
     ds = data.scan(test or root)  # a folder holding NORMAL/ and PNEUMONIA/ counts as one part
+    run, why = find_run(predictor.source, predictor.card)
+    check_unchanged(run, ds)  # the run's images, changed since: refused before any is scored
     paths, labels = [ds.root / f for f in ds.files], ds.labels
     probs, bad = predictor.probabilities(paths)
     if bad:
@@ -282,7 +284,7 @@ def evaluate(model_path: str | Path, data_dir: str | Path | None) -> int:
     print(f"{predictor.source.name} on {data.shown(ds.root)}{'' if test else ' (no test/ part: every image)'}: "
           f"{len(y)} images, {int((y == 0).sum())} NORMAL / {int((y == 1).sum())} PNEUMONIA, "
           f"fingerprint {ds.fingerprint}")
-    training_overlap(predictor.source, predictor.card, [h for h, k in zip(ds.hashes, keep) if k], ds, root)
+    training_overlap(run, why, predictor.card, [h for h, k in zip(ds.hashes, keep) if k])
     if test and predictor.card.get("split_protocol") == "target":
         print("warning: this model comes from a search on the target split, which chose it (and its threshold) on "
               "half of a test/ folder's patients; if this is that dataset, half of these images are its validation "

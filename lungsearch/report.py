@@ -23,7 +23,7 @@ SHIFT_METRICS = ("auc", "accuracy", "specificity")
 
 def setting(m: dict, k: str, v: Any) -> str:
     """A setting as the run used it: CPUs and GPUs per trial as resolved (0 and -1 ask lungsearch to choose)."""
-    got = m.get("resources", {}).get(f"{k[:3]}_per_trial") if k in ("cpus_per_trial", "gpus_per_trial") else None
+    got = m["resources"][f"{k[:3]}_per_trial"] if k in ("cpus_per_trial", "gpus_per_trial") else None
     if got is not None:
         return f"{got:g}" + (" (chosen for the machine)" if v == {"c": 0, "g": -1}[k[0]] else "")
     return "no limit" if k == "max_concurrent" and v == 0 else str(v)
@@ -124,7 +124,7 @@ def shift_blocks(a: Analysis, shown: list[Evaluation], fig: Path | None, tuned: 
 
 def asha_blocks(m: dict, b: pd.DataFrame, rungs: list[list[str]], fig: Path, col: str) -> list:
     """The objective at each rung, or why ASHA had nothing to do (no sampled trials: only fixed points)."""
-    text = (f"ASHA compares trials by {objective_text(m) if 'objective' in m else 'validation loss'} at each rung "
+    text = (f"ASHA compares trials by {objective_text(m)} at each rung "
             f"and stops the worse; fixed points never stop.")
     if not (b["fixed_point"] == "").any():
         return [("p", f"{text} This run has no sampled trials, only fixed points, so ASHA had nothing to stop: "
@@ -227,7 +227,7 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
     """(title, blocks): ("p", text), ("ul", items), ("pre", text), ("img", png, caption), ("table", head, rows)."""
     m, b, best, protocol = a.run.manifest, a.board, a.best, a.run.manifest["run_constants"]["split"]
     shown, parts = clinical.shown_models(a), m["data"]["split"]["parts"]
-    src, col = m["data"]["split"].get("sources", {}), analysis.score_column(b)
+    src = m["data"]["split"].get("sources", {})
     tuned = "chosen on the validation part" + (" (target distribution)" if protocol == "target" else "")
     params, failed = [c for c in b.columns if c.startswith("cfg_")], b[b["status"] == "failed"]
     unsaved = int((~b["checkpoint"].astype(bool) & (b["status"] == "finished")).sum())
@@ -273,8 +273,8 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
         ("In-distribution vs target distribution", shift_blocks(a, shown, figs["shift"], tuned)),
         ("Leaderboard", [
             ("p", f"Ranked by {RANK_TEXT[a.run.rank_by] if a.run.rank_by != 'objective' else objective_text(m)}"
-                  + (", ties broken by validation F1" if col == "objective" and a.run.rank_by == "objective" else
-                     ", ties broken by the objective" if a.run.rank_by != "objective" else "")
+                  + (", ties broken by validation F1" if a.run.rank_by == "objective" else
+                     ", ties broken by the objective")
                   + " (15 best shown; all in `leaderboard.csv`). "
                   f"Test F1 at threshold 0.5, as recorded when the trial ended. Only trials with a saved model are "
                   f"evaluated above" + (f"; {count(unsaved, 'finished trial')} {'has' if unsaved == 1 else 'have'} "
@@ -293,7 +293,7 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
         ("Best model", [("img", figs["best_model"], "ROC curve and confusion matrices on the test part"),
                         ("p", f"Layer summary of **{best.name}** (input {best.image_sizes[0]} px, greyscale; "
                               f"exported as `best_model.keras`):"), ("pre", "\n".join(summary))] if best else []),
-        ("How ASHA spent the budget", asha_blocks(m, b, rungs, figs["asha"], col)),
+        ("How ASHA spent the budget", asha_blocks(m, b, rungs, figs["asha"], "objective")),
         ("What the search learned", importance_blocks(a, figs["hyperparameters"])
          if [c for c in b.columns if c.startswith("cfg_")] else [("p", "No hyperparameters were searched in this "
                                                                          "space.")]),

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from . import space as spaces
-from .config import OBJECTIVE
+from .config import OBJECTIVE, UserError
 from .metrics import COUNTS, SCORES
 
 PACKAGES = ("lungsearch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "ray", "keras-tuner",
@@ -58,6 +58,43 @@ def write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+# The format of a run folder, as manifest.json's format_version says: what this lungsearch writes, and the newest it
+# reads. A manifest without format_version is format 1: the field was added to that format, not a new one. A change
+# that an older lungsearch would misread (a file, column or key that changes meaning or goes) raises it.
+MANIFEST_FORMAT = 1
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's manifest.json; a format newer than MANIFEST_FORMAT (a run made by a newer lungsearch) is a
+    UserError saying so, as this lungsearch would misread the folder."""
+    path = Path(run_dir) / "manifest.json"
+    manifest = read_json(path)
+    problem = format_problem(manifest)
+    if problem:
+        raise UserError(f"{path}: {problem}")
+    return manifest
+
+
+def format_problem(manifest: Any) -> str | None:
+    """Why this lungsearch cannot read a run folder with this manifest (not a JSON object, a format_version it does
+    not know); None when it can."""
+    if not isinstance(manifest, dict):
+        return "not a lungsearch manifest (a JSON object)"
+    found = manifest.get("format_version", 1)
+    whole = isinstance(found, int) and not isinstance(found, bool)
+    if whole and 1 <= found <= MANIFEST_FORMAT:
+        return None
+    if whole and found > MANIFEST_FORMAT:
+        from .cli import version
+
+        packages = manifest.get("packages")
+        made_by = packages.get("lungsearch") if isinstance(packages, dict) else None
+        return (f"run folder format {found}, newer than this lungsearch ({version()}) reads (format "
+                f"{MANIFEST_FORMAT} at most): the run was made by a newer lungsearch"
+                + (f" ({made_by})" if made_by else "") + "; use that version, or upgrade this one, to read it")
+    return f"format_version {found!r} is not a run folder format (a whole number from 1 to {MANIFEST_FORMAT})"
 
 
 STAGES = {"ray": "search", "confirm": "confirm"}  # Tune experiment folder in the run folder: the stage it holds

@@ -1,7 +1,6 @@
 """The command line as a new user meets it: help, version, the bundled spaces, and flags that reach the search."""
 import argparse
 import dataclasses
-import sys
 from importlib import metadata
 
 import pytest

@@ -145,7 +145,8 @@ def test_two_class_evaluation_prints_auc(model_file, tmp_path, capsys):
 
 def run_folder(model_file: Path, folder: Path, data_dir: Path, protocol: str, seed: int = 0, data_limit: int = 0,
                unreadable=(), card_run_dir: str | None = None) -> Path:
-    """A run folder as `report` leaves it, written by hand: best_model.keras, its card and the manifest."""
+    """A run folder as `report` leaves it, written by hand: best_model.keras, its card, the manifest and split.json
+    (the split of the dataset less its `unreadable` files, as the run drew it)."""
     from lungsearch import data
 
     fingerprint = data.scan(data_dir).fingerprint
@@ -157,6 +158,9 @@ def run_folder(model_file: Path, folder: Path, data_dir: Path, protocol: str, se
                                   "image_size": 8},
                 "data": {"fingerprint": fingerprint, "unreadable": sorted(unreadable)}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    ds = data.scan(data_dir).without(set(unreadable))
+    data.write_split(folder / data.SPLIT_FILE,
+                     data.split_record(ds, data.make_split(ds, protocol, seed, data_limit), protocol, seed))
     return path
 
 
@@ -213,11 +217,33 @@ def test_evaluate_says_when_overlap_cannot_be_checked(model_file, tmp_path, caps
     assert (f"note: could not check whether these images overlap the model's training and validation data: its run "
             f"folder {tmp_path / 'moved-away'} (manifest.json) is not reachable") in err
     model = run_folder(model_file, run, root, "patient")
-    shutil.copy(next((root / "train" / "NORMAL").iterdir()), root / "train" / "NORMAL" / "IM-9999-0001.jpeg")
-    assert predict.evaluate(model, root) == 0  # the dataset changed since the run: its split cannot be rebuilt
-    assert "is not there or has changed, so its split cannot be rebuilt" in capsys.readouterr().err
+    (run / "split.json").unlink()
+    assert predict.evaluate(model, root) == 0
+    assert f"could not check whether these images overlap the model's training and validation data: cannot read " \
+           f"the run's split {run / 'split.json'}" in capsys.readouterr().err
     assert predict.evaluate(model_file, root) == 0
     assert "the model has no card naming its run" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_the_runs_images_changed_since_and_scores_another_dataset(model_file, tmp_path, capsys):
+    """The run's own folder, a copy of it and its test/ folder passed directly all hold the run's images: one the
+    run listed with other content is an error naming it. Another dataset that reuses the names is scored."""
+    root = make_dataset(tmp_path / "data", {"train": 6, "test": 4})
+    model = run_folder(model_file, tmp_path / "run", root, "patient")
+    first, second = sorted((root / "test" / "PNEUMONIA").iterdir())[:2]
+    first.write_bytes(second.read_bytes())  # other pixels under a name the run listed
+    copy = Path(shutil.copytree(root, tmp_path / "copy"))
+    for folder in (root, copy, copy / "test"):
+        with pytest.raises(UserError) as err:
+            predict.evaluate(model, folder)
+        assert str(err.value) == (
+            f"1 image of {folder if folder.name == 'test' else folder / 'test'} changed since the model's run listed "
+            f"it in {tmp_path / 'run' / 'split.json'}: test/PNEUMONIA/{first.name} (same name, other content). This "
+            f"folder holds the run's images, but not as the run found them, so its metrics would not be the run's; "
+            f"put the run's images back, or score images the run never listed in a folder of their own")
+    other = make_dataset(tmp_path / "other", {"train": 6, "test": 4}, seed=1)  # the same names, other images
+    assert predict.evaluate(model, other) == 0
+    assert "none of the 16 scored images is in this model's training or validation part" in capsys.readouterr().out
 
 
 def test_predict_names_the_threshold_before_the_labels_and_applies_the_calibration(model_file, tmp_path, capsys):

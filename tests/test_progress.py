@@ -124,9 +124,6 @@ def test_progress_pickles_for_resume_and_counts_afresh():
     finally:
         progress.close()
     assert (restored.total, restored.max_epochs, restored.live, restored.display) == (7, 5, None, None)
-    old = Progress.__new__(Progress)  # a callback pickled by an older lungsearch: all of its attributes
-    old.__setstate__({"total": 3, "best": 0.9, "best_trial": "x", "line": "", "epochs": 4, "started": 0.0})
-    assert (old.total, old.max_epochs) == (3, None)
 
 
 def test_ray_notices_go_to_the_run_folder_log_not_the_console(tmp_path, monkeypatch):

@@ -236,15 +236,12 @@ def test_threshold_bootstrap_and_roc_agree_with_binary_metrics():
     assert np.trapezoid(tpr, fpr) == pytest.approx(point["auc"], abs=1e-12)
 
 
-def test_leaderboard_ranks_by_the_objective_and_old_tables_by_validation_f1():
+def test_leaderboard_ranks_by_the_objective_ties_broken_by_validation_f1():
     trials = pd.DataFrame({"trial": list("abcde"), "objective": [0.7, np.nan, 0.9, 0.9, 0.8],
                            "val_f1": [0.99, 0.95, 0.5, 0.6, 0.7], "val_auc": [0.7, np.nan, 0.9, 0.9, 0.8]})
     board = analysis.leaderboard(trials)
     assert list(board["trial"]) == ["d", "c", "e", "a", "b"] and list(board["rank"]) == [1, 2, 3, 4, 5]
-    old = analysis.leaderboard(trials.drop(columns="objective").assign(val_auc=[0.1, 0.2, 0.3, 0.4, 0.5]))
-    assert list(old["trial"]) == ["a", "b", "e", "d", "c"]
     assert analysis.objective_text({"objective": {"text": OBJECTIVE.text}}) == OBJECTIVE.text
-    assert "validation F1" in analysis.objective_text({})
 
 
 def test_evaluate_scores_the_holdout_at_both_thresholds():
@@ -387,7 +384,7 @@ def test_report_says_when_a_model_calls_every_image_one_class_and_when_asha_had_
     assert report.one_class(shown, tuned=True) == [] and report.one_class(shown[1:2], tuned=False) == []
     assert (report.count(1, "identical image"), report.count(0, "trial"), report.count(2, "retry", "retries")) == \
         ("1 identical image", "0 trials", "2 retries")
-    assert report.setting({}, "cpus_per_trial", 0) == "0"  # a run from before resources were recorded
+    assert report.setting({"resources": {"cpu_per_trial": 2.0}}, "cpus_per_trial", 0) == "2 (chosen for the machine)"
     assert report.setting({"resources": {"gpu_per_trial": 1.0}}, "gpus_per_trial", 1) == "1"
     fixed_only = pd.DataFrame({"fixed_point": ["base", "bn_aug", "bn_aug_dropout"]})
     [(kind, text)] = report.asha_blocks({"objective": {"text": OBJECTIVE.text}}, fixed_only, [], Path("a.png"),

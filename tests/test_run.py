@@ -287,9 +287,12 @@ def test_run_exits_0_only_with_a_finished_search_and_its_report(tmp_path, capsys
 
 
 def half_made_run(tmp_path, name: str, ray_files=(), manifest=True) -> Path:
-    """A run folder as a driver that died early leaves it: manifest.json (status "running"), ray/ files."""
+    """A run folder as a driver that died early leaves it: manifest.json (status "running"), ray/ files. Its data
+    folder, "my data", holds four images."""
     from dataclasses import asdict
 
+    from conftest import make_dataset
+    from lungsearch import data
     from lungsearch.config import SMOKE, SearchSettings
 
     space = tmp_path / "myspace.py"
@@ -299,10 +302,14 @@ def half_made_run(tmp_path, name: str, ray_files=(), manifest=True) -> Path:
     (run_dir / "space.py").write_text(space.read_text())
     settings = SearchSettings(num_samples=6, max_epochs=10).replace(**SMOKE).replace(
         seed=3, searcher="tpe", fixed_points=False, split="target")
+    images = tmp_path / "my data"
+    if not images.is_dir():
+        make_dataset(images, {"train": 1})
     if manifest:
         (run_dir / "manifest.json").write_text(json.dumps({
             "space_file": str(space), "space_source": space.read_text(), "settings": asdict(settings),
-            "smoke": True, "split_requested": "auto", "data": {"dir": str(tmp_path / "my data")},
+            "smoke": True, "split_requested": "auto", "run_constants": {"data_dir": str(images)},
+            "data": {"dir": str(images), "fingerprint": data.scan(images).fingerprint},
             "started": "2026-01-02T03:04:05", "status": "running"}))
     for f in ray_files:
         (run_dir / "ray" / f).parent.mkdir(exist_ok=True)
@@ -379,3 +386,32 @@ def test_resume_refuses_data_that_changed_since_the_run_started(tmp_path, capsys
     assert "Put the run's images back, or start a new run on the changed data: `python -m lungsearch run" in err
     assert cli.main(["resume", str(run_dir / "manifest.json")]) == 2
     assert f"{run_dir / 'manifest.json'} is a file, not a run folder" in capsys.readouterr().err
+
+
+def test_report_and_resume_refuse_a_run_folder_of_a_newer_format(tmp_path, capsys, monkeypatch):
+    """A manifest whose format_version is newer than this lungsearch knows is refused, by `report`, `resume` and
+    load_run alike, before anything else is read; a manifest without format_version is format 1."""
+    from lungsearch import analysis, cli, store
+    from lungsearch.config import UserError
+    from lungsearch.run import search
+
+    resumed = []
+    monkeypatch.setattr(search, "execute", lambda *args, **kwargs: resumed.append(args) or args[0])
+    run_dir = half_made_run(tmp_path, "saved", ["tuner.pkl", "experiment_state-2026-01-02_03-04-06.json"])
+    (run_dir / "trials.csv").write_text("trial,objective\ntrial_1,0.9\n")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert "format_version" not in manifest and search.resume_search(run_dir) == run_dir  # read as format 1
+    (run_dir / "manifest.json").write_text(json.dumps({**manifest, "format_version": store.MANIFEST_FORMAT + 1,
+                                                       "packages": {"lungsearch": "9.1.0"}}))
+    said = (f"{run_dir / 'manifest.json'}: run folder format {store.MANIFEST_FORMAT + 1}, newer than this lungsearch "
+            f"({cli.version()}) reads (format {store.MANIFEST_FORMAT} at most): the run was made by a newer lungsearch "
+            f"(9.1.0); use that version, or upgrade this one, to read it")
+    for command in ("report", "resume"):
+        assert cli.main([command, str(run_dir)]) == 2
+        assert capsys.readouterr().err == f"error: {said}\n"
+    with pytest.raises(UserError) as err:
+        analysis.load_run(run_dir)
+    assert str(err.value) == said and len(resumed) == 1
+    (run_dir / "manifest.json").write_text(json.dumps({**manifest, "format_version": "2"}))
+    assert cli.main(["resume", str(run_dir)]) == 2
+    assert "format_version '2' is not a run folder format (a whole number from 1 to 1)" in capsys.readouterr().err

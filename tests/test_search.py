@@ -1,6 +1,5 @@
 """Real local Ray searches on synthetic images: ASHA, fixed points, failing trials, resume after a kill."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -161,7 +160,6 @@ def test_fixed_points_first_saves_the_inner_searcher_inside_its_one_file(tmp_pat
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from lungsearch.config import UserError
     from lungsearch.run.searchers import FixedPointsFirst
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -203,10 +201,6 @@ def test_fixed_points_first_saves_the_inner_searcher_inside_its_one_file(tmp_pat
     c.on_trial_complete("t4", {"objective": 0.7, "training_iteration": 1})  # the running trial is known
     c.on_trial_complete("t1", {"objective": 0.9, "training_iteration": 1})  # a fixed point: not for the searcher
     assert len(c.inner._ot_study.trials) == 3  # t3, t4, t5: no fixed point
-
-    (tmp_path / "old.pkl").write_bytes(__import__("pickle").dumps((points, set())))  # the old format lost it
-    with pytest.raises(UserError, match="holds no state of the OptunaSearch searcher.*cannot be resumed"):
-        searcher().restore(str(tmp_path / "old.pkl"))
 
 
 @pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])

@@ -23,11 +23,8 @@ from .outcome import SearchIncomplete
 
 __all__ = ["SearchIncomplete", "execute", "resume_search", "run_search"]
 
-# Imported on first use, as they import Ray. Progress, FixedPointsFirst, FixedPointASHA, trial_name and trainable
-# are here too because run folders made when this package was one module (run.py) pickled them as lungsearch.run.*:
-# `resume` of such a folder unpickles them by those names.
-LAZY = {"run_search": "search", "resume_search": "search", "execute": "search", "Progress": "progress",
-        "trial_name": "progress", "FixedPointsFirst": "searchers", "FixedPointASHA": "searchers", "trainable": "trial"}
+# Imported on first use, as they import Ray.
+LAZY = {"run_search": "search", "resume_search": "search", "execute": "search"}
 
 
 def __getattr__(name: str):

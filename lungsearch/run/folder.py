@@ -49,6 +49,7 @@ def write_run_folder(run_dir: Path, space: spaces.Space, settings: SearchSetting
                      "data_limit": settings.data_limit, "data_fraction": settings.search_fraction,
                      "split_file": str(run_dir / data.SPLIT_FILE)}
     manifest = {
+        "format_version": store.MANIFEST_FORMAT,  # what `report` and `resume` check before they read the folder
         "space_file": str(space.path), "space_source": space.source, "space_doc": space.doc,
         "settings": dataclasses.asdict(settings), "smoke": smoke, "run_constants": run_constants,
         "searched": sorted(space.params), "conditions": space.conditions,
@@ -87,32 +88,31 @@ def run_folder_problem(run_dir: Path) -> str | None:
                 f"printed last)")
     if (run_dir / "trials.csv").is_file() or search_saved(run_dir):
         return None
-    manifest = store.read_json(run_dir / "manifest.json")
+    manifest = store.read_manifest(run_dir)
     return (f"{run_dir} is a run that never started a trial: its `run` stopped before Ray Tune saved any state in "
             f"{run_dir / 'ray'} (manifest: status {manifest.get('status', 'unknown')!r}, started "
             f"{manifest.get('started', '?')}), so it cannot be resumed and there is nothing to report. Start it "
             f"again with `{rerun_command(run_dir, manifest)}`")
 
 
-def unchanged_data(run_dir: Path) -> data.Dataset | None:
-    """The run's data folder, scanned, while it holds the images the run started on (the manifest's fingerprint);
-    None for a manifest that records no fingerprint. Changed data is a UserError naming both fingerprints: a
-    resumed search would train its unfinished trials on other images than its finished ones."""
-    manifest = store.read_json(run_dir / "manifest.json")
-    want = (manifest.get("data") or {}).get("fingerprint")
-    if not want:
-        return None
-    folder = manifest.get("run_constants", {}).get("data_dir") or manifest["data"].get("dir")
+def unchanged_data(run_dir: Path) -> data.Dataset:
+    """The run's data folder, scanned, while it holds the images the run started on (the manifest's fingerprint).
+    Changed data is a UserError naming both fingerprints and the images split.json lists that changed: a resumed
+    search would train its unfinished trials on other images than its finished ones."""
+    manifest = store.read_manifest(run_dir)
+    want, folder = manifest["data"]["fingerprint"], manifest["run_constants"]["data_dir"]
     try:
         ds = data.scan(folder)
     except UserError as err:
         raise UserError(f"cannot resume {run_dir}: its data folder cannot be read ({err}); put the run's data back "
                         f"at {shown(folder)}") from None
     if ds.fingerprint != want:
+        listed = data.split_changes(run_dir / data.SPLIT_FILE, ds)
         raise UserError(f"cannot resume {run_dir}: its data folder {shown(folder)} has changed since the run started "
-                        f"(fingerprint now {ds.fingerprint}, the run's {want} in manifest.json), so its unfinished "
-                        f"trials would train on other images than its finished ones. Put the run's images back, or "
-                        f"start a new run on the changed data: `{rerun_command(run_dir, manifest)}`")
+                        f"(fingerprint now {ds.fingerprint}, the run's {want} in manifest.json"
+                        + (f"; of the images {data.SPLIT_FILE} lists, {listed}" if listed else "") + "), so the "
+                        f"resumed search would train and score on other images than its trials so far. Put the run's "
+                        f"images back, or start a new run on the changed data: `{rerun_command(run_dir, manifest)}`")
     return ds
 
 

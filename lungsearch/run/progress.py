@@ -119,8 +119,8 @@ class Progress(tune.Callback):
 
     def __setstate__(self, state: dict) -> None:
         """`resume` unpickles this callback from the experiment: count afresh from now, on today's terminal."""
-        self.__init__(state["total"], state.get("max_epochs"), state.get("budget_epochs", 0),
-                      state.get("budget_s", 0.0), run_dir=state.get("run_dir"))
+        self.__init__(state["total"], state["max_epochs"], state["budget_epochs"], state["budget_s"],
+                      run_dir=state["run_dir"])
 
     def setup(self, **info) -> None:
         self.started = self.clock()

@@ -108,7 +108,7 @@ def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: s
     the manifest's status is "interrupted", no trials.csv, resume finishes it) or when every trial failed
     (status "failed"; trials.csv lists the errors). `mlflow`: an MLflow tracking URI (`mlflow_uri`) to log the
     trials to; it is kept in the manifest, and a resumed search logs where the first part did."""
-    manifest = store.read_json(run_dir / "manifest.json")
+    manifest = store.read_manifest(run_dir)
     mlflow = manifest.get("mlflow") if restore else mlflow
     space = spaces.load(run_dir / "space.py")
     settings = SearchSettings(**manifest["settings"])

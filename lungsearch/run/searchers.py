@@ -12,7 +12,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, Searcher
 
 from .. import space as spaces
-from ..config import FIXED_POINTS, SearchSettings, TrialConfig, UserError
+from ..config import FIXED_POINTS, SearchSettings, TrialConfig
 
 
 def build_trials(space: spaces.Space, settings: SearchSettings, run_constants: dict[str, Any], held: list[str]):
@@ -94,15 +94,11 @@ class FixedPointsFirst(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         state = pickle.loads(Path(checkpoint_path).read_bytes())
-        if not isinstance(state, dict) or "inner" not in state:  # an older lungsearch lost the inner state
-            raise UserError(f"{checkpoint_path} holds no state of the {type(self.inner).__name__} searcher (an "
-                            f"older lungsearch saved it beside that file, where Ray Tune lost it): this search "
-                            f"cannot be resumed; start it again with `python -m lungsearch run`")
         with tempfile.TemporaryDirectory(prefix="lungsearch-searcher-") as tmp:
             Path(tmp, "inner").write_bytes(state["inner"])
             self.inner.restore(os.path.join(tmp, "inner"))
         self.points, self.fixed_ids = list(state["points"]), set(state["fixed_ids"])
-        self.told, self.tell_at = set(state.get("told", ())), state.get("tell_at", 0)
+        self.told, self.tell_at = set(state["told"]), state["tell_at"]
 
 
 class FixedPointASHA(AsyncHyperBandScheduler):
