@@ -133,24 +133,17 @@ def budget_from(settings, smoke: bool, budget_epochs: float | None, budget_minut
 
 def prepare(space_path, data_arg, results_dir, smoke: bool, budget: Budget, overrides: dict[str, Any]) -> Race:
     """Check the inputs, read the data and make the race's folder (UserError before any work for a mistake)."""
-    from ..run.folder import new_run_folder, print_split
-    from ..run.settings import data_dir_from, resolve_settings
+    from ..run.folder import new_run_folder
+    from ..run.plan import make_plan, read_space
+    from ..run.settings import data_dir_from
 
     data.check_results_folder(results_dir)
-    space = spaces.load(space_path)
+    space, settings = read_space(space_path, overrides, smoke)
     if not space.params:
         raise UserError(f"space {space.path} searches nothing (no `hp` declarations): every system would train the "
                         f"same model; race a space that searches something, e.g. ablation")
-    spaces.check_defaults(space, {"split": "target"})
-    settings = resolve_settings(space, overrides, smoke)
-    data_dir = data_dir_from(data_arg)
-    cache_dir = data.default_cache_dir()
-    scanned = data.scan(data_dir)
-    ds, _ = data.load(data_dir, settings.image_size, cache_dir, dataset=scanned)
-    settings = settings.replace(split=data.resolve_split(ds, settings.split))
-    spaces.check_defaults(space, {"split": settings.split})
-    split = data.make_split(ds, settings.split, settings.split_seed, settings.data_limit)
-    print_split(data.split_summary(ds, split, settings.split))
+    plan = make_plan(space, settings, data_dir_from(data_arg), smoke)
+    settings, data_dir, cache_dir, ds, split = plan.settings, plan.data_dir, plan.cache_dir, plan.dataset, plan.split
     base = {"data_dir": str(data_dir), "cache_dir": str(cache_dir), "split": settings.split,
             "image_size": settings.image_size, "max_epochs": settings.max_epochs, "patience": settings.patience,
             "seed": settings.seed, "split_seed": settings.split_seed, "data_limit": settings.data_limit}
@@ -161,4 +154,4 @@ def prepare(space_path, data_arg, results_dir, smoke: bool, budget: Budget, over
     data.write_split(folder / data.SPLIT_FILE, data.split_record(ds, split, settings.split, settings.split_seed))
     base["split_file"] = str(folder / data.SPLIT_FILE)  # every system trains and scores on these very parts
     groups = np.array([ds.patients[i] for i in split["test"]], dtype=object)
-    return Race(space, settings, overrides, smoke, data_dir, scanned, ds, base, held, budget, folder, groups)
+    return Race(space, settings, overrides, smoke, data_dir, plan.scanned, ds, base, held, budget, folder, groups)
