@@ -52,7 +52,7 @@ def main() -> None:
     configs.update({f"extra{i}": c for i, c in enumerate(json.loads(args.extra))})
     rows = []
     for seed in args.seeds:
-        ds, images = data.load(args.data, args.image_size)
+        ds, images = data.load_images(args.data, args.image_size)
         split = data.make_split(ds, "target", seed=seed)
         parts = {p: data.arrays(images, ds, idx) for p, idx in split.items()}
         val = split["val"]

@@ -82,9 +82,9 @@ def main() -> None:
             print(f"{trial} fold {j}: OOF AUC {roc_auc(yv[~fit].ravel(), oof[m, ~fit]):.4f}", flush=True)
     y = {"val": yv.ravel(), "test": yt.ravel()}
     seed, groups = 0, a.data.patients("test")
-    after = analysis.evaluate("adapted", trials, [0], y, {"val": oof.mean(0), "test": test.mean(0)}, 1000, seed,
+    after = analysis.evaluate_probabilities("adapted", trials, [0], y, {"val": oof.mean(0), "test": test.mean(0)}, 1000, seed,
                               groups=groups)
-    exported = analysis.evaluate("exported", trials, [0], y, {"val": np.mean(before_v, 0), "test": np.mean(before_t, 0)},
+    exported = analysis.evaluate_probabilities("exported", trials, [0], y, {"val": np.mean(before_v, 0), "test": np.mean(before_t, 0)},
                                  1000, seed, groups=groups)
     base = next(e for e in a.evals.values() if e.fixed_point == "base")
     out = {"run": a.run.dir.name, "models": len(trials), "folds": args.folds, "epochs": args.epochs,

@@ -166,13 +166,13 @@ class RunData:
                             + (f" (of the images {data.SPLIT_FILE} lists, {listed})" if listed else "")
                             + ", so the run's parts are not the images it trained and scored on; pass --data DIR "
                               "with the dataset the run was trained on")
-        self.ds, self.images = self.load(int(consts["image_size"]))
+        self.ds, self.images = self.load_images(int(consts["image_size"]))
         stored = run.dir / data.SPLIT_FILE
         self.split = data.read_split(stored, self.ds)
 
-    def load(self, size: int, normalize: str = "none") -> tuple[data.Dataset, np.ndarray]:
+    def load_images(self, size: int, normalize: str = "none") -> tuple[data.Dataset, np.ndarray]:
         # this user's cache ($LUNGSEARCH_CACHE)
-        return data.load(self.dir, size, None, log=self.log, normalize=normalize, dataset=self.scanned)
+        return data.load_images(self.dir, size, None, log=self.log, normalize=normalize, dataset=self.scanned)
 
     def parts(self, size: int, normalize: str = "none") -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Validation, test and (when the split has one) holdout inputs at `size` px, decoded with `normalize`
@@ -180,7 +180,7 @@ class RunData:
         key = (size, normalize)
         if key not in self.arrays:
             own = key == (int(self.consts["image_size"]), "none")
-            ds, images = (self.ds, self.images) if own else self.load(size, normalize)
+            ds, images = (self.ds, self.images) if own else self.load_images(size, normalize)
             self.arrays[key] = {p: data.arrays(images, ds, idx) for p, idx in self.split.items() if p != "train"}
         return self.arrays[key]
 
@@ -210,8 +210,9 @@ def vs_base_text(a: "Analysis") -> str:
             f"difference.")
 
 
-def evaluate(name: str, trials: list[str], sizes: list[int], y: dict[str, np.ndarray], p: dict[str, np.ndarray],
-             n_boot: int = 1000, seed: int = 0, fixed_point: str = "", groups: np.ndarray | None = None) -> Evaluation:
+def evaluate_probabilities(name: str, trials: list[str], sizes: list[int], y: dict[str, np.ndarray],
+                           p: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0, fixed_point: str = "",
+                           groups: np.ndarray | None = None) -> Evaluation:
     """Metrics at 0.5 and at the threshold chosen on validation, with bootstrap intervals on test (resampling
     the patients in `groups`, one key per test image; images without it); labels `y` and probabilities `p` by
     part (val, test, optionally holdout)."""
@@ -260,7 +261,8 @@ def evaluate_trials(run: Run, rdata: "RunData", trials: list[str], n_boot: int,
         parts = rdata.parts(size, models.decode_normalization(model))
         y = {k: labels.ravel() for k, (_, labels) in parts.items()}
         p = {k: models.predict_proba(model, x, cfg.tta) for k, (x, _) in parts.items()}
-        evals[trial] = evaluate(cfg.fixed_point or trial, [trial], [size], y, p, n_boot, seed, cfg.fixed_point, groups)
+        evals[trial] = evaluate_probabilities(cfg.fixed_point or trial, [trial], [size], y, p, n_boot, seed,
+                                              cfg.fixed_point, groups)
         log(f"evaluated {trial}: test F1 {evals[trial].test['f1']:.4f} at 0.5, "
             f"{evals[trial].test_tuned['f1']:.4f} at the validation threshold {evals[trial].threshold:.3f}")
     return evals
@@ -272,9 +274,10 @@ def combine(name: str, members: list[Evaluation], rdata: "RunData", run: Run, n_
     first = members[0]
     if len(members) == 1:
         return first
-    return evaluate(name, [t for m in members for t in m.trials], [s for m in members for s in m.image_sizes],
-                    first.y, {k: np.mean([m.p[k] for m in members], axis=0) for k in first.p}, n_boot, run.seed,
-                    groups=rdata.patients("test"))
+    return evaluate_probabilities(name, [t for m in members for t in m.trials],
+                                  [s for m in members for s in m.image_sizes], first.y,
+                                  {k: np.mean([m.p[k] for m in members], axis=0) for k in first.p}, n_boot, run.seed,
+                                  groups=rdata.patients("test"))
 
 
 def versus_base(best: Evaluation | None, evals: dict[str, Evaluation], run: Run, n_boot: int) -> dict | None:
@@ -363,7 +366,8 @@ def adapt_final(run: Run, rdata: "RunData", best: Evaluation, n_boot: int,
     p = dict(np.load(folder / adaptation.PREDICTIONS))
     names = [adaptation.copy_name(t, j) for t in best.trials for j in range(folds_k)]
     sizes = [size for size in best.image_sizes for _ in range(folds_k)]
-    ev = evaluate(f"{best.name}, adapted", names, sizes, best.y, p, n_boot, run.seed, groups=rdata.patients("test"))
+    ev = evaluate_probabilities(f"{best.name}, adapted", names, sizes, best.y, p, n_boot, run.seed,
+                                groups=rdata.patients("test"))
     text = adaptation.RULE.format(folds=folds_k, epochs=key["epochs"], lr=key["learning_rate"])
     return ev, {"rule": text, "adapted_from": best.trials, **{k: record[k] for k in ("fold_auc", "gain", "kept")},
                 "val_auc_out_of_fold": roc_auc(best.y["val"], p["val"])}

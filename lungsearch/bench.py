@@ -225,7 +225,7 @@ def run_bench(data_arg: str | None, smoke: bool, search: bool = True, compare_fr
 
     sizes = SMOKE if smoke else FULL
     data_dir = data_dir_from(data_arg)
-    ds, images = data.load(data_dir, sizes["image_size"])
+    ds, images = data.load_images(data_dir, sizes["image_size"])
     split = data.make_split(ds, "patient", seed=0, data_limit=sizes["images"])
     x, y = data.arrays(images, ds, split["train"])
     print(f"backend {keras.backend.backend()}, {len(x)} training images at {sizes['image_size']} px, "

@@ -3,7 +3,7 @@
 
 A cache entry is an array FINGERPRINT-SIZE[-METHOD].npy with its metadata .json beside it, both written to
 temporary files and renamed into place, so concurrent trials read either the whole entry or none; a damaged
-entry is decoded afresh with a warning. `data.load` is the function that reads a dataset through it.
+entry is decoded afresh with a warning. `data.load_images` is the function that reads a dataset through it.
 """
 from __future__ import annotations
 

@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.command == "predict":
                 return predict.predict(args.model, args.images)
-            return predict.evaluate(args.model, args.data)
+            return predict.evaluate_folder(args.model, args.data)
         if args.command == "explain":
             from .explain import explain
 
@@ -355,9 +355,9 @@ def main(argv: list[str] | None = None) -> int:
             return list_spaces()
         if args.command == "data":
             if args.data_command == "prepare":
-                from .prepare import prepare
+                from .prepare import unpack_archive
 
-                prepare(args.archive, args.dest)
+                unpack_archive(args.archive, args.dest)
                 return 0
             from .check import check_dataset
 

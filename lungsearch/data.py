@@ -234,7 +234,7 @@ def require_both_classes_in_parts(ds: Dataset, split: dict[str, np.ndarray], pro
                                ", or use --split report (it splits images, not patients)"))
 
 
-def load(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = None,
+def load_images(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = None,
          log=print, normalize: str = "none", dataset: Dataset | None = None) -> tuple[Dataset, np.ndarray]:
     """Scan a dataset and return it with its images (uint8, N x size x size), decoded once and cached on disk.
 

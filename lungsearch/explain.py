@@ -156,9 +156,9 @@ def predictor_maps(predictor, path: Path, method: str) -> tuple[np.ndarray, floa
 def explain(model_path: str | Path, images: list[str], out_dir: str | Path = "explain", method: str = "auto") -> int:
     """`lungsearch explain`: an overlay PNG per image in `out_dir` and a line per image (path, probability,
     label, border share, overlay); exit status 1 if an image could not be read."""
-    from .predict import load
+    from .predict import load_predictor
 
-    predictor = load(model_path)
+    predictor = load_predictor(model_path)
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"# {predictor.describe()}; border: saliency share in the outer {BORDER:.0%} of each side "

@@ -192,7 +192,7 @@ def uses_tta(card: dict[str, Any]) -> bool:
     return bool((card.get("config") or {}).get("tta", False))
 
 
-def load(model_path: str | Path) -> Predictor:
+def load_predictor(model_path: str | Path) -> Predictor:
     """A Predictor from a .keras file, a model card or an ensemble card; a bad path is a UserError."""
     path = Path(model_path).expanduser().resolve()
     if not path.is_file():
@@ -234,7 +234,7 @@ def load(model_path: str | Path) -> Predictor:
 
 def predict(model_path: str | Path, images: list[str]) -> int:
     """Print probability and label of each image; exit status 1 if any could not be read."""
-    predictor = load(model_path)
+    predictor = load_predictor(model_path)
     paths = [Path(p).expanduser() for p in images]
     missing = [p for p in paths if not p.is_file()]
     readable = [p for p in paths if p.is_file()]
@@ -259,13 +259,13 @@ def predict(model_path: str | Path, images: list[str]) -> int:
     return 1 if missing or bad else 0
 
 
-def evaluate(model_path: str | Path, data_dir: str | Path | None) -> int:
+def evaluate_folder(model_path: str | Path, data_dir: str | Path | None) -> int:
     """Print the metrics of a dataset folder (default $LUNGSEARCH_DATA): its test/ part, or every image."""
     data_dir = data_dir or os.environ.get("LUNGSEARCH_DATA")
     if not data_dir:
         raise UserError("no dataset given: pass --data DIR (a folder with NORMAL/ and PNEUMONIA/, or with "
                         "train/ and test/ holding them) or set LUNGSEARCH_DATA")
-    predictor = load(model_path)
+    predictor = load_predictor(model_path)
     root = Path(data_dir).expanduser().resolve()
     test = data.find_children(root, data.PARTS).get("test") if root.is_dir() else None
     ds = data.scan(test or root)  # a folder holding NORMAL/ and PNEUMONIA/ counts as one part

@@ -201,7 +201,7 @@ def extract(zf: zipfile.ZipFile, plan: Plan, tmp: Path, archive: Path) -> None:
                             f"({err}); download it again. Nothing was written") from err
 
 
-def prepare(archive: str | Path, dest: str | Path, log: Callable[[str], object] = print) -> Path:
+def unpack_archive(archive: str | Path, dest: str | Path, log: Callable[[str], object] = print) -> Path:
     """Unpack `archive` (a .zip) into `dest`/{train,val,test}/{NORMAL,PNEUMONIA}; return `dest`. The last line
     logged is the --data to use. Refusals (an unsafe or damaged archive, a part without one of the classes, a
     non-empty `dest`, too little disk space) are UserErrors raised before `dest` exists."""

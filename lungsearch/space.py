@@ -84,7 +84,7 @@ def resolve(spec: str | Path) -> Path:
                     f"`hp` and `SETTINGS`, like the bundled ones)")
 
 
-def load(path: str | Path) -> Space:
+def load_space(path: str | Path) -> Space:
     """Read and check a space file (a path, or a bundled space's name: see `resolve`); any mistake is a
     UserError that names the file, the key and the fix."""
     path = resolve(path)

@@ -97,7 +97,7 @@ def trial_data(cfg: TrialConfig, dataset: data.Dataset | None = None) -> tuple[n
     key = (str(ds.root), ds.fingerprint, cfg.image_size, data.decode_method(cfg.normalize), cfg.cache_dir)
     if key not in LOADED:
         LOADED.clear()  # one dataset in memory at a time
-        LOADED[key] = data.load(ds.root, cfg.image_size, cfg.cache_dir or None, normalize=cfg.normalize,
+        LOADED[key] = data.load_images(ds.root, cfg.image_size, cfg.cache_dir or None, normalize=cfg.normalize,
                                 dataset=ds)
     ds, images = LOADED[key]
     if cfg.split_file:  # the run's parts as the driver wrote them

@@ -43,7 +43,7 @@ def test_intervals_resample_patients_not_images():
 
 
 def evaluation(name, y, p, groups, fixed_point=""):
-    return analysis.evaluate(name, [name], [32], {"val": y, "test": y}, {"val": p, "test": p}, n_boot=200,
+    return analysis.evaluate_probabilities(name, [name], [32], {"val": y, "test": y}, {"val": p, "test": p}, n_boot=200,
                              fixed_point=fixed_point, groups=groups)
 
 

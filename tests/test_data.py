@@ -44,7 +44,7 @@ def test_truncated_images_are_skipped_and_listed_non_images_counted(dataset, cac
     (dataset / "train" / "NORMAL" / "notes.txt").write_text("not an image")
     (dataset / "train" / "NORMAL" / ".DS_Store").write_bytes(b"\0\0")
     messages = []
-    ds, images = data.load(dataset, 32, log=messages.append)
+    ds, images = data.load_images(dataset, 32, log=messages.append)
     rel = str(victim.relative_to(dataset))
     assert ds.unreadable == [rel]
     assert rel not in ds.files
@@ -57,7 +57,7 @@ def test_an_image_too_large_for_opencv_is_skipped_as_unreadable(dataset, cache_d
     huge = huge_png(dataset / "train" / "NORMAL" / "IM-9999-0001.png")
     assert data.read_image(huge, 32) is None and data.read_image(huge, None) is None
     messages = []
-    ds, images = data.load(dataset, 32, log=messages.append)
+    ds, images = data.load_images(dataset, 32, log=messages.append)
     assert ds.unreadable == ["train/NORMAL/IM-9999-0001.png"] and len(images) == len(ds.files) == 64
     assert any("skipped 1 unreadable (damaged, truncated or too large) image(s): train/NORMAL/IM-9999-0001.png" in m
                for m in messages)
@@ -65,15 +65,15 @@ def test_an_image_too_large_for_opencv_is_skipped_as_unreadable(dataset, cache_d
 
 def test_cache_decodes_once_and_follows_content_and_size(dataset, cache_dir):
     logs = []
-    ds1, im1 = data.load(dataset, 24, log=logs.append)
-    ds2, im2 = data.load(dataset, 24, log=logs.append)
+    ds1, im1 = data.load_images(dataset, 24, log=logs.append)
+    ds2, im2 = data.load_images(dataset, 24, log=logs.append)
     assert sum("decoding" in m for m in logs) == 1
     assert np.array_equal(np.asarray(im1), np.asarray(im2))
     assert im1.shape == (64, 24, 24) and im1.dtype == np.uint8
-    data.load(dataset, 28, log=logs.append)  # another size decodes afresh
+    data.load_images(dataset, 28, log=logs.append)  # another size decodes afresh
     victim = sorted((dataset / "train" / "NORMAL").glob("*.jpg"))[0]
     victim.write_bytes((dataset / "test" / "NORMAL" / sorted(p.name for p in (dataset / "test" / "NORMAL").glob("*.jpg"))[0]).read_bytes())
-    ds3, _ = data.load(dataset, 24, log=logs.append)  # changed content: new fingerprint
+    ds3, _ = data.load_images(dataset, 24, log=logs.append)  # changed content: new fingerprint
     assert sum("decoding" in m for m in logs) == 3
     assert ds3.fingerprint != ds1.fingerprint
 
@@ -163,9 +163,9 @@ def test_equalize_and_clahe_change_decoded_pixels_deterministically(dataset):
 
 
 def test_clahe_has_its_own_cache_file(dataset, cache_dir):
-    ds, plain = data.load(dataset, 24)
-    _, clahe = data.load(dataset, 24, normalize="clahe")
-    _, standardized = data.load(dataset, 24, normalize="standardize")
+    ds, plain = data.load_images(dataset, 24)
+    _, clahe = data.load_images(dataset, 24, normalize="clahe")
+    _, standardized = data.load_images(dataset, 24, normalize="standardize")
     names = sorted(p.name for p in cache_dir.glob("*.npy"))
     assert names == [f"{ds.fingerprint}-24-clahe.npy", f"{ds.fingerprint}-24.npy"]
     assert not np.array_equal(np.asarray(plain), np.asarray(clahe))
@@ -230,7 +230,7 @@ def test_one_class_train_part_is_refused_by_load(dataset, cache_dir):
         f.unlink()
     assert len(data.scan(dataset).files) == 40  # scan lists what is there (evaluate scores one class)
     with pytest.raises(UserError, match=r"train/PNEUMONIA \(.*\) has no readable images: a classifier needs both"):
-        data.load(dataset, 24)
+        data.load_images(dataset, 24)
     assert not cache_dir.exists() or not list(cache_dir.glob("*.npy"))  # refused before decoding
 
 
@@ -238,9 +238,9 @@ def test_a_test_class_with_only_unreadable_images_is_refused_after_decoding(data
     for f in (dataset / "test" / "NORMAL").iterdir():
         truncate(f)
     with pytest.raises(UserError, match=r"test/NORMAL .*has no readable images.*remove the optional test/"):
-        data.load(dataset, 24)
+        data.load_images(dataset, 24)
     with pytest.raises(UserError, match="test/NORMAL"):  # again from the cache entry
-        data.load(dataset, 24)
+        data.load_images(dataset, 24)
 
 
 def test_empty_class_helpers_name_part_and_class(tmp_path):
@@ -264,7 +264,7 @@ def test_non_utf8_file_name_is_read_fingerprinted_and_shown_escaped(dataset, cac
     rel = f"train/PNEUMONIA/{name}"
     assert rel in ds.files and len(ds.files) == 65
     assert data.shown(rel) == "train/PNEUMONIA/person9_bacteria_\\xff.jpeg"
-    ds2, images = data.load(dataset, 24)
+    ds2, images = data.load_images(dataset, 24)
     assert rel in ds2.files and not ds2.unreadable and len(images) == 65
     assert np.array_equal(images[ds2.files.index(rel)], data.read_image(src, 24))
     text, ok = check_dataset(str(dataset))
@@ -285,7 +285,7 @@ def test_cache_folder_that_is_a_file_is_a_user_error_naming_the_variable(dataset
     for value, why in [(blocker, "is a file, not a folder"), (blocker / "sub", "cannot be created: .* is a file")]:
         monkeypatch.setenv("LUNGSEARCH_CACHE", str(value))
         with pytest.raises(UserError, match=f"LUNGSEARCH_CACHE.*{value}.* {why}.*set LUNGSEARCH_CACHE"):
-            data.load(dataset, 24)
+            data.load_images(dataset, 24)
 
 
 def test_read_only_cache_folder_is_a_user_error(dataset, tmp_path, monkeypatch):
@@ -297,7 +297,7 @@ def test_read_only_cache_folder_is_a_user_error(dataset, tmp_path, monkeypatch):
         folder.chmod(0o500)
         try:
             with pytest.raises(UserError, match=f"LUNGSEARCH_CACHE.*{folder} is not writable"):
-                data.load(dataset, 24)
+                data.load_images(dataset, 24)
         finally:
             folder.chmod(0o700)
     else:  # root writes anywhere: check the rule itself on a folder the process may not write
@@ -305,7 +305,7 @@ def test_read_only_cache_folder_is_a_user_error(dataset, tmp_path, monkeypatch):
         monkeypatch.setattr(cache.os, "access", lambda p, mode, **k: False if str(p) == str(folder)
                             else real_access(p, mode, **k))
         with pytest.raises(UserError, match=f"LUNGSEARCH_CACHE.*{folder} is not writable"):
-            data.load(dataset, 24)
+            data.load_images(dataset, 24)
 
 
 def test_results_folder_is_checked_before_any_work(dataset, tmp_path):
@@ -337,44 +337,44 @@ def test_read_only_results_folder_is_a_user_error(tmp_path):
 
 
 def test_truncated_cache_array_is_rebuilt_with_a_warning(dataset, cache_dir):
-    ds, first = data.load(dataset, 24)
+    ds, first = data.load_images(dataset, 24)
     first = np.array(first)
     npy = cache_dir / f"{ds.fingerprint}-24.npy"
     truncate(npy)
     logs = []
-    _, again = data.load(dataset, 24, log=logs.append)
+    _, again = data.load_images(dataset, 24, log=logs.append)
     assert any("warning: the cached images" in m and "damaged" in m for m in logs)
     assert sum("decoding 64 images" in m for m in logs) == 1 and np.array_equal(np.asarray(again), first)
     logs.clear()
-    data.load(dataset, 24, log=logs.append)
+    data.load_images(dataset, 24, log=logs.append)
     assert logs == []  # rebuilt entry is used as is
 
 
 def test_changed_cache_bytes_fail_the_checksum_and_are_rebuilt(dataset, cache_dir):
-    ds, first = data.load(dataset, 24)
+    ds, first = data.load_images(dataset, 24)
     first = np.array(first)
     npy = cache_dir / f"{ds.fingerprint}-24.npy"
     raw = bytearray(npy.read_bytes())
     raw[-1] ^= 0xFF  # same size, one pixel changed
     npy.write_bytes(bytes(raw))
     logs = []
-    _, again = data.load(dataset, 24, log=logs.append)
+    _, again = data.load_images(dataset, 24, log=logs.append)
     assert any("checksum" in m for m in logs) and np.array_equal(np.asarray(again), first)
 
 
 def test_cache_metadata_without_its_checksum_or_damaged_is_rebuilt(dataset, cache_dir):
     import json
-    ds, first = data.load(dataset, 24)
+    ds, first = data.load_images(dataset, 24)
     first = np.array(first)
     meta = cache_dir / f"{ds.fingerprint}-24.json"
     info = json.loads(meta.read_text())
     assert {"npy_bytes", "npy_sha1"} <= set(info)
     meta.write_text(json.dumps({"files": info["files"], "unreadable": info["unreadable"]}))  # nothing to verify by
     logs = []
-    _, again = data.load(dataset, 24, log=logs.append)
+    _, again = data.load_images(dataset, 24, log=logs.append)
     assert any("damaged (KeyError: 'npy_bytes')" in m for m in logs) and np.array_equal(np.asarray(again), first)
     meta.write_text("{trunc")  # damaged metadata
     logs.clear()
-    _, again = data.load(dataset, 24, log=logs.append)
+    _, again = data.load_images(dataset, 24, log=logs.append)
     assert any("damaged" in m for m in logs) and np.array_equal(np.asarray(again), first)
     assert not list(cache_dir.glob("*.tmp.*"))  # no temporary files left behind

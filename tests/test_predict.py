@@ -33,7 +33,7 @@ def test_a_corrupt_keras_file_exists_but_is_not_loadable(model_file, tmp_path):
         bad.write_bytes(content)
         with pytest.raises(UserError, match=r"bad.keras exists but is not a loadable Keras model \(it is not a "
                                             r"\.keras \(zip\) archive") as info:
-            predict.load(bad)
+            predict.load_predictor(bad)
         assert "not found" not in str(info.value).lower()
         assert isinstance(info.value.__cause__, ValueError)  # the underlying error is chained
 
@@ -64,12 +64,12 @@ def test_a_folder_passed_as_image_or_model_says_it_is_a_folder(model_file, tmp_p
     assert f"cannot read {folder}: it is a folder: predict takes image files" in err
     assert "file not found" not in err and "evaluate" in err
     with pytest.raises(UserError, match=f"model {tmp_path} is a folder; pass a .keras file"):
-        predict.load(tmp_path)
+        predict.load_predictor(tmp_path)
     images = make_dataset(tmp_path / "data", {"test": 1})
     assert predict.predict(model_file, [str(images / "test" / "NORMAL")]) == 1
     hint = f"lungsearch evaluate MODEL --data {images / 'test'}`"
     assert hint in capsys.readouterr().err
-    assert predict.evaluate(model_file, str(images / "test")) == 0  # the hint works
+    assert predict.evaluate_folder(model_file, str(images / "test")) == 0  # the hint works
 
 
 def test_a_bad_card_and_a_foreign_model_are_user_errors(model_file, tmp_path, capsys):
@@ -87,7 +87,7 @@ def test_a_bad_card_and_a_foreign_model_are_user_errors(model_file, tmp_path, ca
             assert f"bad model card {card}: its threshold must be a number in [0, 1], got {found}" in err, err
     card.write_text(json.dumps({"members": ["best_model.keras"]}))
     with pytest.raises(UserError, match="bad model card .*'members' must be a list of objects"):
-        predict.load(card)
+        predict.load_predictor(card)
 
     foreign = tmp_path / "imagenet_like.keras"  # three colour channels in, two classes out
     keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]).save(foreign)
@@ -103,23 +103,23 @@ def test_a_card_for_another_input_size_is_refused(model_file, tmp_path):
     (tmp_path / "run" / "best_model.json").write_text(json.dumps(card))
     with pytest.raises(UserError, match=r"does not belong to .*best_model.keras: the card is for 150 px input.*"
                                         r"the model takes 8 px"):
-        predict.load(path)
+        predict.load_predictor(path)
     with pytest.raises(UserError, match="says best_model.keras takes 150 px input, but that file's model takes 8 px"):
-        predict.load(tmp_path / "run" / "best_model.json")
+        predict.load_predictor(tmp_path / "run" / "best_model.json")
     (tmp_path / "run" / "best_model.json").write_text(json.dumps({"model": "best_model.keras", "config": {}}))
-    assert predict.load(path).threshold == 0.5  # a card without a size is not judged by it
+    assert predict.load_predictor(path).threshold == 0.5  # a card without a size is not judged by it
 
 
 def test_a_card_naming_another_model_file_warns(model_file, tmp_path, capsys):
     path = copy_model(model_file, tmp_path, "renamed.keras")
     (tmp_path / "renamed.json").write_text(json.dumps({"model": "best_model.keras", "image_size": 8,
                                                        "threshold": 0.3}))
-    predictor = predict.load(path)
+    predictor = predict.load_predictor(path)
     assert predictor.threshold == 0.3
     err = capsys.readouterr().err
     assert "warning: model card" in err and "describes the model best_model.keras, not renamed.keras" in err
     (tmp_path / "renamed.json").write_text(json.dumps({"model": "renamed.keras", "image_size": 8, "threshold": 0.3}))
-    predict.load(path)
+    predict.load_predictor(path)
     assert capsys.readouterr().err == ""
 
 
@@ -127,7 +127,7 @@ def test_one_class_evaluation_says_auc_is_undefined(model_file, tmp_path, capsys
     root = make_dataset(tmp_path / "normal_only", {"test": 2})
     shutil.rmtree(root / "test" / "PNEUMONIA")
     (root / "test" / "PNEUMONIA").mkdir()
-    assert predict.evaluate(model_file, root) == 0
+    assert predict.evaluate_folder(model_file, root) == 0
     out = capsys.readouterr()
     assert "4 images, 4 NORMAL / 0 PNEUMONIA" in out.out
     assert "auc nan" not in out.out and "auc undefined (one class)" in out.out
@@ -137,7 +137,7 @@ def test_one_class_evaluation_says_auc_is_undefined(model_file, tmp_path, capsys
 def test_two_class_evaluation_prints_auc(model_file, tmp_path, capsys):
     root = make_dataset(tmp_path / "both", {"test": 2})
     truncate(sorted((root / "test" / "NORMAL").glob("*.jpg"))[0])
-    assert predict.evaluate(model_file, root) == 0
+    assert predict.evaluate_folder(model_file, root) == 0
     out = capsys.readouterr()
     assert "7 images" in out.out and "undefined" not in out.out and "skipped 1 unreadable" in out.err
     assert float(out.out.split("auc ")[1].split(",")[0]) >= 0
@@ -172,11 +172,11 @@ def test_evaluate_counts_the_images_the_model_was_trained_and_validated_on(model
     root = make_dataset(tmp_path / "data", {"train": 12})  # no test/: evaluate scores every image
     bad = sorted((root / "train" / "PNEUMONIA").glob("*.jpg"))[0]
     truncate(bad)  # unreadable: the run left it out before splitting, and evaluate skips it
-    ds, _ = data.load(root, 8, cache_dir, log=lambda _: None)  # the dataset as the run split it
+    ds, _ = data.load_images(root, 8, cache_dir, log=lambda _: None)  # the dataset as the run split it
     split = data.make_split(ds, protocol, seed, data_limit)
     model = run_folder(model_file, tmp_path / "run", root, protocol, seed, data_limit,
                        [str(bad.relative_to(root))])
-    assert predict.evaluate(model, root) == 0
+    assert predict.evaluate_folder(model, root) == 0
     err = capsys.readouterr().err
     scored = len(ds.files)
     assert (f"warning: {len(split['train'])} of the {scored} scored images were in this model's training part and "
@@ -191,14 +191,14 @@ def test_evaluate_on_the_run_test_folder_finds_no_overlap_and_target_counts_the_
 
     root = make_dataset(tmp_path / "data", {"train": 6, "test": 4})
     model = run_folder(model_file, tmp_path / "run", root, "patient")
-    assert predict.evaluate(model, root) == 0
+    assert predict.evaluate_folder(model, root) == 0
     out = capsys.readouterr()
     assert ("data overlap: none of the 16 scored images is in this model's training or validation part (run "
             f"{tmp_path / 'run'}, patient split; compared by file content): 16 are in its test part") in out.out
     assert "warning" not in out.err
     model = run_folder(model_file, tmp_path / "target", root, "target")
     split = data.make_split(data.scan(root), "target", 0, 0)
-    assert predict.evaluate(model, root) == 0
+    assert predict.evaluate_folder(model, root) == 0
     err = capsys.readouterr().err
     assert (f"warning: 0 of the 16 scored images were in this model's training part and {len(split['val'])} in its "
             f"validation part: these metrics are optimistic") in err
@@ -209,19 +209,19 @@ def test_evaluate_says_when_overlap_cannot_be_checked(model_file, tmp_path, caps
     root = make_dataset(tmp_path / "data", {"train": 6})
     run = tmp_path / "run"
     model = run_folder(model_file, run, root, "patient", card_run_dir=str(tmp_path / "moved-away"))
-    assert predict.evaluate(model, root) == 0  # the card's run_dir is gone, but the manifest sits beside the card
+    assert predict.evaluate_folder(model, root) == 0  # the card's run_dir is gone, but the manifest sits beside the card
     assert "were in this model's training part" in capsys.readouterr().err
     (run / "manifest.json").unlink()
-    assert predict.evaluate(model, root) == 0
+    assert predict.evaluate_folder(model, root) == 0
     err = capsys.readouterr().err
     assert (f"note: could not check whether these images overlap the model's training and validation data: its run "
             f"folder {tmp_path / 'moved-away'} (manifest.json) is not reachable") in err
     model = run_folder(model_file, run, root, "patient")
     (run / "split.json").unlink()
-    assert predict.evaluate(model, root) == 0
+    assert predict.evaluate_folder(model, root) == 0
     assert f"could not check whether these images overlap the model's training and validation data: cannot read " \
            f"the run's split {run / 'split.json'}" in capsys.readouterr().err
-    assert predict.evaluate(model_file, root) == 0
+    assert predict.evaluate_folder(model_file, root) == 0
     assert "the model has no card naming its run" in capsys.readouterr().err
 
 
@@ -235,14 +235,14 @@ def test_evaluate_refuses_the_runs_images_changed_since_and_scores_another_datas
     copy = Path(shutil.copytree(root, tmp_path / "copy"))
     for folder in (root, copy, copy / "test"):
         with pytest.raises(UserError) as err:
-            predict.evaluate(model, folder)
+            predict.evaluate_folder(model, folder)
         assert str(err.value) == (
             f"1 image of {folder if folder.name == 'test' else folder / 'test'} changed since the model's run listed "
             f"it in {tmp_path / 'run' / 'split.json'}: test/PNEUMONIA/{first.name} (same name, other content). This "
             f"folder holds the run's images, but not as the run found them, so its metrics would not be the run's; "
             f"put the run's images back, or score images the run never listed in a folder of their own")
     other = make_dataset(tmp_path / "other", {"train": 6, "test": 4}, seed=1)  # the same names, other images
-    assert predict.evaluate(model, other) == 0
+    assert predict.evaluate_folder(model, other) == 0
     assert "none of the 16 scored images is in this model's training or validation part" in capsys.readouterr().out
 
 

@@ -59,17 +59,17 @@ def test_a_kaggle_style_archive_unpacks_into_the_layout_lungsearch_reads(downloa
 def test_preparing_again_is_a_no_op_and_another_archive_is_refused(download, tmp_path, capsys):
     archive, files = download
     dest = tmp_path / "chest_xray"
-    prepare.prepare(archive, dest)
+    prepare.unpack_archive(archive, dest)
     capsys.readouterr()
-    prepare.prepare(archive, dest)
+    prepare.unpack_archive(archive, dest)
     out = capsys.readouterr().out
     assert "already holds this archive, complete" in out and out.strip().splitlines()[-1] == f"--data {dest}"
     other = kaggle_zip(tmp_path, {k: v + b"x" if "NORMAL" in k else v for k, v in files.items()}, "other.zip")
     with pytest.raises(UserError, match="is not empty .*an earlier prepare of another archive"):
-        prepare.prepare(other, dest)
+        prepare.unpack_archive(other, dest)
     next((dest / "train" / "NORMAL").iterdir()).unlink()
     with pytest.raises(UserError, match="its images have changed since"):
-        prepare.prepare(archive, dest)
+        prepare.unpack_archive(archive, dest)
 
 
 def test_a_non_empty_destination_is_refused_and_an_empty_one_is_used(download, tmp_path):
@@ -78,11 +78,11 @@ def test_a_non_empty_destination_is_refused_and_an_empty_one_is_used(download, t
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="busy is not empty"):
-        prepare.prepare(archive, busy)
+        prepare.unpack_archive(archive, busy)
     assert [p.name for p in busy.iterdir()] == ["notes.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert prepare.prepare(archive, empty) == empty and (empty / "train" / "PNEUMONIA").is_dir()
+    assert prepare.unpack_archive(archive, empty) == empty and (empty / "train" / "PNEUMONIA").is_dir()
 
 
 @pytest.mark.parametrize("member", ["../evil.jpeg", "chest_xray/../../train/NORMAL/evil.jpeg",
@@ -94,7 +94,7 @@ def test_a_member_that_escapes_the_destination_is_refused(download, tmp_path, me
         z.writestr(member, b"\xff\xd8 not really \xff\xd9")
     dest = tmp_path / "out" / "chest_xray"
     with pytest.raises(UserError, match=r"would be written outside DEST .*nothing was written"):
-        prepare.prepare(archive, dest)
+        prepare.unpack_archive(archive, dest)
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.rglob("evil.jpeg"))
 
@@ -105,7 +105,7 @@ def test_a_part_without_one_class_is_refused(tmp_path):
     archive = kaggle_zip(tmp_path, files)
     dest = tmp_path / "chest_xray"
     with pytest.raises(UserError, match=r"(?s)no images in test/PNEUMONIA:\npart .*\ntest +2 +0 +2\n.*both classes") as info:
-        prepare.prepare(archive, dest)
+        prepare.unpack_archive(archive, dest)
     assert "Nothing was written" in str(info.value) and not dest.exists()
     assert cli.main(["data", "prepare", str(archive), str(dest)]) == 2
 
@@ -122,12 +122,12 @@ def test_an_interrupted_prepare_leaves_nothing_behind(download, tmp_path, monkey
 
     monkeypatch.setattr(prepare, "extract", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        prepare.prepare(archive, dest)
+        prepare.unpack_archive(archive, dest)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chest-xray-pneumonia.zip", "src"]
     stale = tmp_path / ".chest_xray.incomplete-4194305"  # a killed prepare's folder: above any Linux pid
     (stale / "train").mkdir(parents=True)
     monkeypatch.setattr(prepare, "extract", real)
-    prepare.prepare(archive, dest)
+    prepare.unpack_archive(archive, dest)
     assert not stale.exists() and json.loads((dest / prepare.MARKER).read_text())["counts"]["val"] == {
         "NORMAL": 2, "PNEUMONIA": 2}
 
@@ -142,7 +142,7 @@ def test_a_damaged_member_is_refused_and_nothing_is_kept(download, tmp_path):
     archive.write_bytes(bytes(raw))
     dest = tmp_path / "chest_xray"
     with pytest.raises(UserError, match="is damaged: .* cannot be read"):
-        prepare.prepare(archive, dest)
+        prepare.unpack_archive(archive, dest)
     assert not dest.exists() and not list(tmp_path.glob(".chest_xray.*"))
 
 
@@ -151,17 +151,17 @@ def test_other_inputs_say_what_to_pass(download, tmp_path):
     text = tmp_path / "notes.zip"
     text.write_text("not a zip")
     with pytest.raises(UserError, match="is not a zip archive"):
-        prepare.prepare(text, tmp_path / "a")
+        prepare.unpack_archive(text, tmp_path / "a")
     with pytest.raises(UserError, match="not found; pass the downloaded .zip"):
-        prepare.prepare(tmp_path / "missing.zip", tmp_path / "a")
+        prepare.unpack_archive(tmp_path / "missing.zip", tmp_path / "a")
     with pytest.raises(UserError, match=f"is a folder, not an archive: it is unpacked already; pass --data "
                                         f"{tmp_path}/src"):
-        prepare.prepare(tmp_path, tmp_path / "a")
+        prepare.unpack_archive(tmp_path, tmp_path / "a")
     flat = tmp_path / "flat.zip"
     with zipfile.ZipFile(flat, "w") as z:
         z.writestr("images/IM-0001-0001.jpeg", b"x")
     with pytest.raises(UserError, match=r"holds no images in part/class folders: .*found 1 image\(s\) elsewhere"):
-        prepare.prepare(flat, tmp_path / "a")
+        prepare.unpack_archive(flat, tmp_path / "a")
     assert not (tmp_path / "a").exists()
 
 

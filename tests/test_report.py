@@ -248,11 +248,11 @@ def test_evaluate_scores_the_holdout_at_both_thresholds():
     rng = np.random.default_rng(3)
     y = {k: rng.integers(0, 2, 80) for k in ("val", "test", "holdout")}
     p = {k: np.clip(0.4 * v + 0.6 * rng.random(80), 0, 1) for k, v in y.items()}
-    ev = analysis.evaluate("m", ["t"], [32], y, p, n_boot=50)
+    ev = analysis.evaluate_probabilities("m", ["t"], [32], y, p, n_boot=50)
     assert ev.holdout == binary_metrics(y["holdout"], p["holdout"])
     assert ev.holdout_tuned == binary_metrics(y["holdout"], p["holdout"], ev.threshold)
     assert ev.test_tuned == binary_metrics(y["test"], p["test"], ev.threshold)
-    without = analysis.evaluate("m", ["t"], [32], {k: y[k] for k in ("val", "test")}, p, n_boot=50)
+    without = analysis.evaluate_probabilities("m", ["t"], [32], {k: y[k] for k in ("val", "test")}, p, n_boot=50)
     assert without.holdout is None and without.holdout_tuned is None and without.test == ev.test
 
 
@@ -267,7 +267,7 @@ def small_run(root: Path, trials: dict, smoke: bool = False, **settings) -> anal
     chosen = SearchSettings(**settings)
     split = data.make_split(ds, chosen.split, chosen.split_seed, chosen.data_limit)
     run_dir = folder.new_run_folder(root / "results", "small")
-    folder.write_run_folder(run_dir, space.load("report"), chosen, smoke, dataset, root / "cache", ds, chosen.split,
+    folder.write_run_folder(run_dir, space.load_space("report"), chosen, smoke, dataset, root / "cache", ds, chosen.split,
                             data.split_summary(ds, split, chosen.split), split)
     n = len(next(iter(trials.values())))
     pd.DataFrame({"trial": [f"trial_{i}" for i in range(n)], "fixed_point": [""] * n, "status": ["finished"] * n,
@@ -289,7 +289,7 @@ def test_shift_section_and_figure_without_and_with_a_holdout(tmp_path, cache_dir
     y = {part: labels.ravel() for part, (_, labels) in a.data.parts(32).items()}
     assert set(y) == {"val", "test", "holdout"}
     rng = np.random.default_rng(0)
-    ev = analysis.evaluate("base", ["trial_0"], [32], y, {part: rng.random(len(v)) for part, v in y.items()},
+    ev = analysis.evaluate_probabilities("base", ["trial_0"], [32], y, {part: rng.random(len(v)) for part, v in y.items()},
                            n_boot=10, groups=a.data.patients("test"))
     fig = figures.fig_shift(a, tmp_path)
     (kind, text), (_, head, rows), (_, shown, _) = report.shift_blocks(a, [ev], fig, "chosen on the validation part")
@@ -436,8 +436,8 @@ def test_calibration_and_operating_points_use_validation_only():
     rng = np.random.default_rng(1)
     y = {"val": rng.integers(0, 2, 80), "test": rng.integers(0, 2, 60)}
     p = {k: np.clip(0.3 * v + 0.7 * rng.random(len(v)), 0, 1) ** 3 for k, v in y.items()}  # miscalibrated
-    ev = analysis.evaluate("m", ["m"], [32], y, p, n_boot=50)
-    other = analysis.evaluate("m", ["m"], [32], y, {**p, "test": rng.random(60)}, n_boot=50)
+    ev = analysis.evaluate_probabilities("m", ["m"], [32], y, p, n_boot=50)
+    other = analysis.evaluate_probabilities("m", ["m"], [32], y, {**p, "test": rng.random(60)}, n_boot=50)
     a, b = clinical.calibrate(ev, 50, 0), clinical.calibrate(other, 50, 0)
     assert a.platt == b.platt and a.threshold == b.threshold == ev.threshold  # the test part changes nothing
     assert a.val_log_loss[1] < a.val_log_loss[0] and a.after["brier"] != b.after["brier"]

@@ -172,7 +172,7 @@ def test_a_grace_period_that_leaves_asha_no_rung_is_warned_about(capsys):
     from lungsearch import space as spaces
     from lungsearch.run.settings import check_sampled_trials, resolve_settings
 
-    ablation = spaces.load("ablation")
+    ablation = spaces.load_space("ablation")
     for flags, warned in [({"grace_period": 10, "max_epochs": 2}, True), ({"grace_period": 2, "max_epochs": 2}, True),
                           ({"grace_period": 1, "max_epochs": 2}, False),
                           ({"grace_period": 10, "max_epochs": 2, "num_samples": 0}, False)]:  # fixed points only

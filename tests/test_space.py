@@ -132,7 +132,7 @@ def write_space(tmp_path, body):
 def test_malformed_space_files_are_named_before_any_trial(tmp_path, body, message):
     path = write_space(tmp_path, body)
     with pytest.raises(UserError, match=message):
-        loaded = space.load(path)
+        loaded = space.load_space(path)
         space.check_defaults(loaded)
         space.ray_space(loaded)
 
@@ -148,7 +148,7 @@ def test_a_bad_space_stops_the_run_with_exit_2_and_no_run_folder(tmp_path, datas
 
 @pytest.mark.parametrize("name", ["report", "ablation", "architecture"])
 def test_shipped_spaces_load_with_a_docstring_and_command(name):
-    loaded = space.load(REPO / "spaces" / f"{name}.py")
+    loaded = space.load_space(REPO / "spaces" / f"{name}.py")
     space.check_defaults(loaded)
     space.ray_space(loaded)
     assert f"spaces/{name}.py" in loaded.doc
@@ -164,7 +164,7 @@ def test_stepped_float_ranges_reach_optuna_with_bounds_on_the_grid(name):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        converted = OptunaSearch.convert_search_space(space.ray_space(space.load(REPO / "spaces" / f"{name}.py")))
+        converted = OptunaSearch.convert_search_space(space.ray_space(space.load_space(REPO / "spaces" / f"{name}.py")))
     assert not [w for w in caught if "step" in str(w.message)]
     if name == "robust":
         assert converted["dropout"].high == 0.6 and converted["dropout"].step == 0.1
@@ -174,7 +174,7 @@ def test_stepped_float_ranges_reach_optuna_with_bounds_on_the_grid(name):
 def test_a_bundled_space_is_found_by_name_from_any_folder(spec, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no spaces/ folder here
     assert space.resolve(spec) == space.BUNDLED_DIR / "ablation.py"
-    loaded = space.load(spec)
+    loaded = space.load_space(spec)
     assert loaded.name == "ablation" and loaded.params
 
 
@@ -182,11 +182,11 @@ def test_an_existing_path_comes_before_a_bundled_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mine = '"""My own ablation."""\nSETTINGS = {"num_samples": 2}\n'
     (tmp_path / "ablation.py").write_text(mine)
-    assert space.load("ablation.py").settings == {"num_samples": 2}
-    assert space.load("ablation").path == space.BUNDLED_DIR / "ablation.py"  # no file named `ablation` here
+    assert space.load_space("ablation.py").settings == {"num_samples": 2}
+    assert space.load_space("ablation").path == space.BUNDLED_DIR / "ablation.py"  # no file named `ablation` here
     (tmp_path / "spaces").mkdir()
     (tmp_path / "spaces" / "report.py").write_text(mine)
-    assert space.load("spaces/report.py").path == tmp_path / "spaces" / "report.py"
+    assert space.load_space("spaces/report.py").path == tmp_path / "spaces" / "report.py"
 
 
 def test_an_unknown_space_lists_the_bundled_names(tmp_path):
@@ -194,9 +194,9 @@ def test_an_unknown_space_lists_the_bundled_names(tmp_path):
     for spec in ("ablaton", str(tmp_path / "ablation.py"), "spaces/nope.py", "other/ablation.py"):
         with pytest.raises(UserError, match=f"is neither a file nor the name of a bundled space; bundled spaces: "
                                             f"{names} .*or pass the path of your own space file"):
-            space.load(spec)
+            space.load_space(spec)
     with pytest.raises(UserError, match="is a folder, not a space file"):
-        space.load(tmp_path)
+        space.load_space(tmp_path)
 
 
 def test_the_repository_spaces_folder_is_the_bundled_one():

@@ -167,7 +167,7 @@ hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")
 hp.Choice("batch_size", [16, 32])
 hp.Fixed("conv_blocks", 3)
 ''')
-    space = spaces.load(space_file)
+    space = spaces.load_space(space_file)
     race = versus.Race.__new__(versus.Race)
     race.space, race.held = space, []
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

@@ -31,7 +31,7 @@ class Plan:
 
 def read_space(space_path: str | Path, overrides: dict[str, Any], smoke: bool) -> tuple[spaces.Space, SearchSettings]:
     """The space file and its settings (SETTINGS, then --smoke, then the flags), checked before any data is read."""
-    space = spaces.load(space_path)
+    space = spaces.load_space(space_path)
     spaces.check_defaults(space, {"split": "target"})  # again in make_plan, with the split the data allows
     return space, resolve_settings(space, overrides, smoke)
 
@@ -43,7 +43,7 @@ def make_plan(space: spaces.Space, settings: SearchSettings, data_dir: Path, smo
     cache_dir = data.default_cache_dir()
     scanned = data.scan(data_dir)
     check_scan(scanned)
-    ds, _ = data.load(data_dir, settings.image_size, cache_dir, dataset=scanned)
+    ds, _ = data.load_images(data_dir, settings.image_size, cache_dir, dataset=scanned)
     requested = settings.split
     settings = settings.replace(split=data.resolve_split(ds, settings.split))
     spaces.check_defaults(space, {"split": settings.split})  # e.g. early_stop_on holdout needs the target split

@@ -110,7 +110,7 @@ def execute(run_dir: Path, address: str | None, restore: bool = False, mlflow: s
     trials to; it is kept in the manifest, and a resumed search logs where the first part did."""
     manifest = store.read_manifest(run_dir)
     mlflow = manifest.get("mlflow") if restore else mlflow
-    space = spaces.load(run_dir / "space.py")
+    space = spaces.load_space(run_dir / "space.py")
     settings = SearchSettings(**manifest["settings"])
     if dataset is None:
         dataset = data.scan(manifest["run_constants"]["data_dir"])

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .. import analysis, space as spaces
+from .. import analysis
 from ..config import FIXED_POINTS, OBJECTIVE, TrialConfig, UserError, count
 from .kt_system import run_keras_tuner
 from .lungsearch_system import run_lungsearch
@@ -116,15 +116,13 @@ def race(space_path, data_arg: str | None = None, results_dir: str | Path = "res
     """Run the race and write its record; return its folder, or raise SystemsFailed (after the record is written)
     when a system had no successful trial. `systems`: which of SYSTEMS race (default: all). `overrides`: the
     search settings the command line sets (image_size, max_epochs, seed, split)."""
-    from ..run.settings import resolve_settings
-
     quiet()
     systems = systems_from(systems)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    settings = resolve_settings(spaces.load(space_path), overrides, smoke)
-    budget = budget_from(settings, smoke, budget_epochs, budget_minutes)
     started = time.time()
-    r = prepare(space_path, data_arg, results_dir, smoke, budget, overrides)
+    r = prepare(space_path, data_arg, results_dir, smoke, overrides,
+                budget_of=lambda settings: budget_from(settings, smoke, budget_epochs, budget_minutes))
+    budget = r.budget
     print(f"race folder: {r.dir}", flush=True)
     print(f"budget: {budget.text()} per system; systems: {', '.join(systems)}", flush=True)
     print("reference: the source report's three models, once, outside every budget (the target)", flush=True)

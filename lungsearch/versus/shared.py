@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .. import analysis, data, space as spaces
-from ..config import SMOKE, TrialConfig, UserError
+from ..config import SMOKE, SearchSettings, TrialConfig, UserError
 from .clock import Budget
 
 SYSTEMS = {  # name: what it is, in words
@@ -111,7 +111,7 @@ class Race:
         _, _, parts = train.trial_data(cfg, self.dataset)
         y = {k: labels.ravel() for k, (_, labels) in parts.items()}
         p = {k: models.predict_proba(model, x, cfg.tta) for k, (x, _) in parts.items()}
-        return analysis.evaluate(name, [name], [cfg.image_size], y, p, 1000, cfg.seed, cfg.fixed_point, self.groups)
+        return analysis.evaluate_probabilities(name, [name], [cfg.image_size], y, p, 1000, cfg.seed, cfg.fixed_point, self.groups)
 
 
 def budget_from(settings, smoke: bool, budget_epochs: float | None, budget_minutes: float | None) -> Budget:
@@ -131,8 +131,10 @@ def budget_from(settings, smoke: bool, budget_epochs: float | None, budget_minut
     return Budget(epochs=DEFAULT_TRIALS * settings.max_epochs)
 
 
-def prepare(space_path, data_arg, results_dir, smoke: bool, budget: Budget, overrides: dict[str, Any]) -> Race:
-    """Check the inputs, read the data and make the race's folder (UserError before any work for a mistake)."""
+def prepare(space_path, data_arg, results_dir, smoke: bool, overrides: dict[str, Any],
+            budget_of: Callable[[SearchSettings], Budget]) -> Race:
+    """Check the inputs (the space once, and `budget_of` its settings: the race's budget), read the data and make
+    the race's folder (UserError before any work for a mistake)."""
     from ..run.folder import new_run_folder
     from ..run.plan import make_plan, read_space
     from ..run.settings import data_dir_from
@@ -142,6 +144,7 @@ def prepare(space_path, data_arg, results_dir, smoke: bool, budget: Budget, over
     if not space.params:
         raise UserError(f"space {space.path} searches nothing (no `hp` declarations): every system would train the "
                         f"same model; race a space that searches something, e.g. ablation")
+    budget = budget_of(settings)
     plan = make_plan(space, settings, data_dir_from(data_arg), smoke)
     settings, data_dir, cache_dir, ds, split = plan.settings, plan.data_dir, plan.cache_dir, plan.dataset, plan.split
     base = {"data_dir": str(data_dir), "cache_dir": str(cache_dir), "split": settings.split,
