@@ -91,29 +91,30 @@ def test_resume_report_and_evaluate_each_name_an_image_changed_after_the_run(dat
     first, second = sorted(f for f in listed if f.startswith("test/PNEUMONIA/"))[:2]
     original = (dataset / first).read_bytes()
     (dataset / first).write_bytes((dataset / second).read_bytes())  # the same name, another image's pixels
-    after = data.scan(dataset).fingerprint
-    which = f"of the images split.json lists, 1 changed (e.g. {first})"
+    try:
+        after = data.scan(dataset).fingerprint
+        which = f"of the images split.json lists, 1 changed (e.g. {first})"
 
-    assert cli.main(["resume", str(run_dir)]) == 2
-    assert capsys.readouterr().err.startswith(
-        f"error: cannot resume {run_dir}: its data folder {dataset} has changed since the run started (fingerprint "
-        f"now {after}, the run's {before} in manifest.json; {which}), so the resumed search would train and score "
-        f"on other images than its trials so far. Put the run's images back, or start a new run on the changed "
-        f"data: `python -m lungsearch run")
-    assert cli.main(["report", str(run_dir)]) == 2
-    assert capsys.readouterr().err == (
-        f"error: dataset {dataset} has fingerprint {after} but the run used {before}: the files changed ({which}), so "
-        f"the run's parts are not the images it trained and scored on; pass --data DIR with the dataset the run was "
-        f"trained on\n")
-    card = run_dir / "best_model.json"
-    assert cli.main(["evaluate", str(card), "--data", str(dataset)]) == 2
-    out = capsys.readouterr()
-    assert "threshold" not in out.out and out.err == (
-        f"error: 1 image of {dataset / 'test'} changed since the model's run listed it in {run_dir / 'split.json'}: "
-        f"{first} (same name, other content). This folder holds the run's images, but not as the run found them, "
-        f"so its metrics would not be the run's; put the run's images back, or score images the run never listed "
-        f"in a folder of their own\n")
-
-    (dataset / first).write_bytes(original)  # put back: the run's images again
+        assert cli.main(["resume", str(run_dir)]) == 2
+        assert capsys.readouterr().err.startswith(
+            f"error: cannot resume {run_dir}: its data folder {dataset} has changed since the run started (fingerprint "
+            f"now {after}, the run's {before} in manifest.json; {which}), so the resumed search would train and score "
+            f"on other images than its trials so far. Put the run's images back, or start a new run on the changed "
+            f"data: `python -m lungsearch run")
+        assert cli.main(["report", str(run_dir)]) == 2
+        assert capsys.readouterr().err == (
+            f"error: dataset {dataset} has fingerprint {after} but the run used {before}: the files changed ({which}), so "
+            f"the run's parts are not the images it trained and scored on; pass --data DIR with the dataset the run was "
+            f"trained on\n")
+        card = run_dir / "best_model.json"
+        assert cli.main(["evaluate", str(card), "--data", str(dataset)]) == 2
+        out = capsys.readouterr()
+        assert "threshold" not in out.out and out.err == (
+            f"error: 1 image of {dataset / 'test'} changed since the model's run listed it in {run_dir / 'split.json'}: "
+            f"{first} (same name, other content). This folder holds the run's images, but not as the run found them, "
+            f"so its metrics would not be the run's; put the run's images back, or score images the run never listed "
+            f"in a folder of their own\n")
+    finally:
+        (dataset / first).write_bytes(original)  # put back: the run's images again (the dataset is shared)
     assert cli.main(["evaluate", str(card), "--data", str(dataset)]) == 0
     assert "threshold 0.5000 (default)" in capsys.readouterr().out
