@@ -95,58 +95,49 @@ def add_run_command(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--no-reuse-workers", dest="reuse_workers", action="store_const", const=False,
                      help="start a fresh worker process for every trial (default: a worker runs trial after trial, "
                           "so Python, Keras and the decoded images load once per worker)")
-    run.add_argument("--budget-epochs", type=int, metavar="N",
-                     help=overrides("stop every trial once the trials have trained N epochs in all; the search then "
-                                    "finishes with the trials it ran (0: no budget)", "budget_epochs"))
-    run.add_argument("--budget-minutes", type=float, metavar="M",
-                     help=overrides("stop every trial M minutes after the trials started; the search then finishes "
-                                    "with the trials it ran (0: no budget)", "budget_minutes"))
+    add_setting_flags(run, BUDGET_FLAGS)
     run.add_argument("--mlflow", metavar="URI",
                      help="also log every trial (parameters, metrics per epoch, test metrics) to MLflow: a tracking "
                           "URI (sqlite:///mlflow.db, http://host:5000) or a folder; pip install -e \".[mlflow]\"")
 
 
-def add_setting_flags(run: argparse.ArgumentParser) -> None:
-    """`run`'s flags that override a SETTINGS key of the space file, --image-size to --keep-checkpoints
-    (--budget-epochs and --budget-minutes, which do too, come later in the help)."""
-    run.add_argument("--image-size", type=int, metavar="PX", help=overrides("image side in pixels", "image_size"))
-    run.add_argument("--max-epochs", type=int, metavar="N", help=overrides("epoch budget per trial", "max_epochs"))
-    run.add_argument("--num-samples", type=int, metavar="N",
-                     help=overrides("sampled trials, not counting the three fixed points", "num_samples"))
-    run.add_argument("--seed", type=int, help=overrides("seed of the trial sampling and the first training seed "
-                                                        "(weights, shuffling, augmentation)", "seed"))
-    run.add_argument("--split-seed", type=int, metavar="N",
-                     help=overrides("seed of the split and the smoke subset, apart from the training seed",
-                                    "split_seed"))
-    run.add_argument("--patience", type=int, metavar="EPOCHS",
-                     help=overrides("epochs without a better objective (validation AUC) before a trial stops early",
-                                    "patience"))
-    run.add_argument("--grace-period", type=int, metavar="EPOCHS",
-                     help=overrides("ASHA: epochs a sampled trial trains before it can first be stopped",
-                                    "grace_period"))
-    run.add_argument("--reduction-factor", type=int, metavar="K",
-                     help=overrides("ASHA: keep the best 1/K of the trials at each rung", "reduction_factor"))
-    run.add_argument("--brackets", type=int, metavar="N",
-                     help=overrides("ASHA brackets (Hyperband-style): bracket s first judges a trial after "
-                                    "grace-period x reduction-factor**s epochs", "brackets"))
-    run.add_argument("--search-fraction", type=float, metavar="F",
-                     help=overrides("share of the training patients the search stage trains on (multi-fidelity; "
-                                    "below 1 needs --confirm-top)", "search_fraction"))
-    run.add_argument("--search-epochs", type=int, metavar="N",
-                     help=overrides("most epochs of a search-stage trial (0: --max-epochs)", "search_epochs"))
-    run.add_argument("--confirm-top", type=int, metavar="K",
-                     help=overrides("confirmation stage: retrain the K best sampled configurations and base on all "
-                                    "the training data for --max-epochs with --confirm-seeds seeds each (0: none)",
-                                    "confirm_top"))
-    run.add_argument("--confirm-seeds", type=int, metavar="R",
-                     help=overrides("training seeds per confirmed configuration", "confirm_seeds"))
-    run.add_argument("--adapt-folds", type=int, metavar="K",
-                     help=overrides("adapt the final model to the validation part by cross-fitting over K patient "
-                                    "folds, kept only when the held-out folds say it helps (0: none; needs "
-                                    "--confirm-top)", "adapt_folds"))
-    run.add_argument("--keep-checkpoints", type=int, metavar="N",
-                     help=overrides("saved models of the best sampled trials; the fixed points' models are always "
-                                    "kept", "keep_checkpoints"))
+# `run`'s flags that override a SETTINGS key of the space file (the key is the flag's name with underscores), in
+# the order the help lists them: flag, type, metavar (None: argparse's), what it sets.
+SETTING_FLAGS = (
+    ("--image-size", int, "PX", "image side in pixels"),
+    ("--max-epochs", int, "N", "epoch budget per trial"),
+    ("--num-samples", int, "N", "sampled trials, not counting the three fixed points"),
+    ("--seed", int, None, "seed of the trial sampling and the first training seed (weights, shuffling, "
+                          "augmentation)"),
+    ("--split-seed", int, "N", "seed of the split and the smoke subset, apart from the training seed"),
+    ("--patience", int, "EPOCHS", "epochs without a better objective (validation AUC) before a trial stops early"),
+    ("--grace-period", int, "EPOCHS", "ASHA: epochs a sampled trial trains before it can first be stopped"),
+    ("--reduction-factor", int, "K", "ASHA: keep the best 1/K of the trials at each rung"),
+    ("--brackets", int, "N", "ASHA brackets (Hyperband-style): bracket s first judges a trial after grace-period x "
+                             "reduction-factor**s epochs"),
+    ("--search-fraction", float, "F", "share of the training patients the search stage trains on (multi-fidelity; "
+                                      "below 1 needs --confirm-top)"),
+    ("--search-epochs", int, "N", "most epochs of a search-stage trial (0: --max-epochs)"),
+    ("--confirm-top", int, "K", "confirmation stage: retrain the K best sampled configurations and base on all the "
+                                "training data for --max-epochs with --confirm-seeds seeds each (0: none)"),
+    ("--confirm-seeds", int, "R", "training seeds per confirmed configuration"),
+    ("--adapt-folds", int, "K", "adapt the final model to the validation part by cross-fitting over K patient folds, "
+                                "kept only when the held-out folds say it helps (0: none; needs --confirm-top)"),
+    ("--keep-checkpoints", int, "N", "saved models of the best sampled trials; the fixed points' models are always "
+                                     "kept"),
+)
+BUDGET_FLAGS = (  # listed later in the help, after the flags of how trials run
+    ("--budget-epochs", int, "N", "stop every trial once the trials have trained N epochs in all; the search then "
+                                  "finishes with the trials it ran (0: no budget)"),
+    ("--budget-minutes", float, "M", "stop every trial M minutes after the trials started; the search then finishes "
+                                     "with the trials it ran (0: no budget)"),
+)
+
+
+def add_setting_flags(run: argparse.ArgumentParser, flags=SETTING_FLAGS) -> None:
+    """`run`'s flags that override a SETTINGS key of the space file (SETTING_FLAGS, or BUDGET_FLAGS)."""
+    for flag, kind, metavar, text in flags:
+        run.add_argument(flag, type=kind, metavar=metavar, help=overrides(text, flag[2:].replace("-", "_")))
 
 
 def add_cluster_flags(run: argparse.ArgumentParser) -> None:
