@@ -49,7 +49,7 @@ def reference(race: Race) -> pd.DataFrame:
         started = time.time()
         last = train.run_trial(cfg.to_dict(), lambda row: None, checkpoint_dir=race.dir / "reference" / name)
         wall = time.time() - started
-        ev = race.evaluate(load_model(race.dir / "reference" / name / "model.keras"), cfg, name)
+        ev = race.evaluate_model(load_model(race.dir / "reference" / name / "model.keras"), cfg, name)
         print(f"reference {name}: {count(int(last['epoch']), 'epoch')} in {wall:.0f} s, val AUC (objective) "
               f"{last[OBJECTIVE.key]:.4f}, test AUC {ev.test['auc']:.4f}", flush=True)
         rows.append({"model": name, "epochs": int(last["epoch"]), "kept_epoch": int(last["kept_epoch"]),

@@ -157,7 +157,7 @@ def rank_first(race: Race, tuner, out: Outcome) -> None:
         trial = best[0]
         model = tuner.load_model(trial)
         cfg = race.config(trial.hyperparameters.values)
-        out.first, out.first_trial, out.first_objective = race.evaluate(model, cfg, trial.trial_id), trial.trial_id, \
+        out.first, out.first_trial, out.first_objective = race.evaluate_model(model, cfg, trial.trial_id), trial.trial_id, \
             float(trial.score)
     for other in tuner.oracle.trials.values():
         if not best or other.trial_id != best[0].trial_id:

@@ -91,6 +91,6 @@ def rank_first(race: Race, run_dir: Path, out: Outcome) -> None:
         path = run_dir / "checkpoints" / trial / "model.keras"
         if path.is_file():
             cfg = race.config(store.read_json(run_dir / "ray" / trial / "params.json"))
-            out.first = race.evaluate(load_model(path), cfg, trial)
+            out.first = race.evaluate_model(load_model(path), cfg, trial)
             out.first_trial, out.first_objective = trial, objective
             return

@@ -173,5 +173,5 @@ def rank_first(race: Race, study, objective: Objective, out: Outcome) -> None:
         trial = study.best_trial
         cfg = race.config(trial.params)
         model = load_model(objective.folder / f"trial_{trial.number}" / "model.keras")
-        out.first, out.first_trial, out.first_objective = race.evaluate(model, cfg, str(trial.number)), \
+        out.first, out.first_trial, out.first_objective = race.evaluate_model(model, cfg, str(trial.number)), \
             str(trial.number), float(trial.value)

@@ -103,7 +103,7 @@ class Race:
         active = spaces.active({k: v for k, v in values.items() if k in self.space.params}, self.space.conditions)
         return TrialConfig.from_dict({**self.base, **{k: v for k, v in active.items() if k not in self.held}})
 
-    def evaluate(self, model, cfg: TrialConfig, name: str) -> analysis.Evaluation:
+    def evaluate_model(self, model, cfg: TrialConfig, name: str) -> analysis.Evaluation:
         """The model on the validation and test parts: metrics at 0.5 and at the threshold chosen on validation,
         with 95% patient bootstrap intervals on test."""
         from .. import models, train
