@@ -15,7 +15,7 @@ from .kt_system import run_keras_tuner
 from .lungsearch_system import run_lungsearch
 from .markdown import minutes, write_markdown
 from .optuna_system import run_optuna
-from .shared import FAILURES_DIR, SYSTEMS, Outcome, Race, budget_from, prepare
+from .shared import FAILURES_DIR, SYSTEMS, Outcome, Race, budget_from, prepare_race
 from .stats import curve, summary, test_columns
 
 RUNNERS: dict[str, Callable[[Race, str], Outcome]] = {
@@ -120,7 +120,7 @@ def race(space_path, data_arg: str | None = None, results_dir: str | Path = "res
     systems = systems_from(systems)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     started = time.time()
-    r = prepare(space_path, data_arg, results_dir, smoke, overrides,
+    r = prepare_race(space_path, data_arg, results_dir, smoke, overrides,
                 budget_of=lambda settings: budget_from(settings, smoke, budget_epochs, budget_minutes))
     budget = r.budget
     print(f"race folder: {r.dir}", flush=True)

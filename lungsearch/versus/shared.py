@@ -131,7 +131,7 @@ def budget_from(settings, smoke: bool, budget_epochs: float | None, budget_minut
     return Budget(epochs=DEFAULT_TRIALS * settings.max_epochs)
 
 
-def prepare(space_path, data_arg, results_dir, smoke: bool, overrides: dict[str, Any],
+def prepare_race(space_path, data_arg, results_dir, smoke: bool, overrides: dict[str, Any],
             budget_of: Callable[[SearchSettings], Budget]) -> Race:
     """Check the inputs (the space once, and `budget_of` its settings: the race's budget), read the data and make
     the race's folder (UserError before any work for a mistake)."""
