@@ -132,7 +132,7 @@ def budget_from(settings, smoke: bool, budget_epochs: float | None, budget_minut
 
 
 def prepare_race(space_path, data_arg, results_dir, smoke: bool, overrides: dict[str, Any],
-            budget_of: Callable[[SearchSettings], Budget]) -> Race:
+                 budget_of: Callable[[SearchSettings], Budget]) -> Race:
     """Check the inputs (the space once, and `budget_of` its settings: the race's budget), read the data and make
     the race's folder (UserError before any work for a mistake)."""
     from ..run.folder import new_run_folder
