@@ -200,8 +200,7 @@ def test_a_trial_the_spent_budget_stopped_is_not_called_stopped_by_asha(capsys, 
     judged.status = "TERMINATED"
     epoch(cut, 2, 0.8)
     progress.on_step_end(1, trials)  # 3 epochs: the budget is spent
-    progress.on_trial_complete(2, trials, cut)
-    cut.status = "TERMINATED"
+    cut.status = "TERMINATED"  # Tune stops every trial at once, without calling on_trial_complete
     progress.on_experiment_end(trials)
     out = capsys.readouterr().out
     assert "trial_d_0 stopped early by ASHA after 1 epoch" in out

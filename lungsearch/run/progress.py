@@ -154,13 +154,13 @@ class Progress(tune.Callback):
 
     def status(self, trials) -> str:
         counts = dict.fromkeys(("running", "waiting", "finished", "stopped", "budget", "failed", "interrupted"), 0)
-        best, best_trial, epochs, done = None, "", 0, 0.0
+        best, best_trial, done = None, "", 0.0
         if self.done_at_start is None:  # what a resumed search had already ended
             self.ended_ids |= {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
-        for t in trials:
+        epochs = self.epochs = sum(int((t.last_result or {}).get("training_iteration", 0) or 0) for t in trials)
+        for t in trials:  # (the epochs first: whether the budget is spent decides how a trial ended)
             last, kind = t.last_result or {}, self.outcome(t)
             counts["finished" if kind == "diverged" else "waiting" if kind == "not started" else kind] += 1
-            epochs += int(last.get("training_iteration", 0) or 0)
             score = last.get(OBJECTIVE.key)
             if isinstance(score, (int, float)) and OBJECTIVE.better(score, best):
                 best, best_trial = score, trial_name(t)
@@ -259,6 +259,10 @@ class Progress(tune.Callback):
         self.say(f"{trial_name(trial)} failed; trying it again from the start")
 
     def on_experiment_end(self, trials, **info):
+        self.status(trials)  # the epochs so far
+        for t in trials:  # those the spent budget stopped all at once: Tune ends them without on_trial_complete
+            if t.trial_id not in self.ended_as and self.outcome(t) == "budget":
+                self.say(self.ended(t))
         self.close()
         self.say(self.status(trials))
 
