@@ -476,3 +476,48 @@ def test_report_hashes_the_data_folder_once_and_reads_each_model_once(run, tmp_p
     analysis.export_ensemble(a)
     assert len(scans) == 1, scans
     assert len(reads) == len(set(reads)) and reads, reads
+
+
+def test_resume_report_and_evaluate_each_name_an_image_changed_after_the_run(run, capsys):
+    """The real run lists its images in split.json; one of them then gets another image's pixels. `resume` and
+    `report` refuse the run's data folder, naming both fingerprints and the file; `evaluate` refuses to score the
+    folder, naming the file, until the image is put back (in any case: the module's other tests use it)."""
+    from lungsearch import cli
+
+    run_dir, _ = run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    dataset = Path(manifest["run_constants"]["data_dir"])
+    assert manifest["format_version"] == 1 and manifest["status"] == "finished"
+    before = manifest["data"]["fingerprint"]
+    parts = json.loads((run_dir / data.SPLIT_FILE).read_text())["parts"]
+    listed = {f for entries in parts.values() for f, _ in entries}
+    first, second = sorted(f for f in listed if f.startswith("test/PNEUMONIA/"))[:2]
+    original = (dataset / first).read_bytes()
+    (dataset / first).write_bytes((dataset / second).read_bytes())  # the same name, another image's pixels
+    try:
+        after = data.scan(dataset).fingerprint
+        which = f"of the images split.json lists, 1 changed (e.g. {first})"
+
+        assert cli.main(["resume", str(run_dir)]) == 2
+        assert capsys.readouterr().err.startswith(
+            f"error: cannot resume {run_dir}: its data folder {dataset} has changed since the run started (fingerprint "
+            f"now {after}, the run's {before} in manifest.json; {which}), so the resumed search would train and score "
+            f"on other images than its trials so far. Put the run's images back, or start a new run on the changed "
+            f"data: `python -m lungsearch run")
+        assert cli.main(["report", str(run_dir)]) == 2
+        assert capsys.readouterr().err == (
+            f"error: dataset {dataset} has fingerprint {after} but the run used {before}: the files changed ({which}), so "
+            f"the run's parts are not the images it trained and scored on; pass --data DIR with the dataset the run was "
+            f"trained on\n")
+        card = run_dir / "best_model.json"
+        assert cli.main(["evaluate", str(card), "--data", str(dataset)]) == 2
+        out = capsys.readouterr()
+        assert "threshold" not in out.out and out.err == (
+            f"error: 1 image of {dataset / 'test'} changed since the model's run listed it in {run_dir / 'split.json'}: "
+            f"{first} (same name, other content). This folder holds the run's images, but not as the run found them, "
+            f"so its metrics would not be the run's; put the run's images back, or score images the run never listed "
+            f"in a folder of their own\n")
+    finally:
+        (dataset / first).write_bytes(original)  # put back: the run's images again (the dataset is shared)
+    assert cli.main(["evaluate", str(card), "--data", str(dataset)]) == 0
+    assert "threshold" in capsys.readouterr().out
