@@ -302,6 +302,11 @@ def import_keras_quietly() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    import logging
+
+    # TensorFlow's Python warnings that a predict function was traced again: an ensemble card's members are
+    # separate models, each traced once, which TensorFlow counts as retracing. Errors still show.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
