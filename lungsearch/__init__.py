@@ -8,3 +8,13 @@ os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+
+def version() -> str:
+    """The installed distribution's version; the package's own where it runs uninstalled (PYTHONPATH)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("lungsearch")
+    except metadata.PackageNotFoundError:
+        return __version__

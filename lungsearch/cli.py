@@ -6,6 +6,7 @@ import dataclasses
 import sys
 from typing import Any
 
+from . import version
 from .config import SEARCH_SPLITS, SMOKE, SearchSettings, UserError
 
 DESCRIPTION = """\
@@ -24,18 +25,6 @@ first steps:
   lungsearch explain RUN_DIR/best_model.json IMAGE...                  # where the best model looks
 
 `lungsearch COMMAND --help` describes a command. The last line `run` prints is the run folder."""
-
-
-def version() -> str:
-    """The installed distribution's version; the package's own where it runs uninstalled (PYTHONPATH)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("lungsearch")
-    except metadata.PackageNotFoundError:
-        from . import __version__
-
-        return __version__
 
 
 def setting_default(name: str):

@@ -87,7 +87,7 @@ def format_problem(manifest: Any) -> str | None:
     if whole and 1 <= found <= MANIFEST_FORMAT:
         return None
     if whole and found > MANIFEST_FORMAT:
-        from .cli import version
+        from . import version
 
         packages = manifest.get("packages")
         made_by = packages.get("lungsearch") if isinstance(packages, dict) else None
