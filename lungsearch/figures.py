@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import analysis, confirmation, data, importance
+from .config import OBJECTIVE
 from .analysis import Analysis, fmt
 from .metrics import roc_points
 
@@ -79,7 +80,7 @@ def fig_best(a: Analysis, folder: Path) -> Path:
 def fig_asha(a: Analysis, folder: Path) -> Path:
     """Epochs each trial survived, and the objective at each ASHA rung."""
     b, h = confirmation.stage_of(a.board, "search"), confirmation.stage_of(a.run.history, "search")
-    rungs, col = analysis.asha_rungs(a.run), "objective"
+    rungs, col = analysis.asha_rungs(a.run), OBJECTIVE.key
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)
     present = [s for s in STATUS_COLOURS if (b["status"] == s).any()]
@@ -104,7 +105,7 @@ def fig_params(a: Analysis, folder: Path) -> Path | None:
     for all, so a knob's effect is not confused with how long ASHA let a trial train)."""
     rung = first_rung(a)
     table = importance.at_common_budget(a.board, a.run.history, rung)
-    params, score_col = [c for c in table.columns if c.startswith("cfg_")], "objective"
+    params, score_col = [c for c in table.columns if c.startswith("cfg_")], OBJECTIVE.key
     if not params or table.empty:
         return None
     table = table.merge(a.board[["trial", "status"]], on="trial")

@@ -15,7 +15,7 @@ from .analysis import FIXED, SOURCE_REPORT, SPLIT_NAMES, Analysis, Evaluation, f
 from .card import near_trivial, write_cards
 from .figures import (STATUS_WORDS, fig_asha, fig_best, fig_calibration, fig_curves, fig_flow, fig_gallery,
                       fig_params, fig_roc_pr, fig_samples, fig_shift, first_rung)
-from .config import RANK_TEXT, count
+from .config import OBJECTIVE, RANK_TEXT, count
 from .metrics import CI_METRICS
 
 SHIFT_METRICS = ("auc", "accuracy", "specificity")
@@ -122,13 +122,14 @@ def shift_blocks(a: Analysis, shown: list[Evaluation], fig: Path | None, tuned: 
                             f"({STATUS_WORDS})")] if fig else [])]
 
 
-def asha_blocks(m: dict, b: pd.DataFrame, rungs: list[list[str]], fig: Path, col: str) -> list:
+def asha_blocks(m: dict, b: pd.DataFrame, rungs: list[list[str]], fig: Path) -> list:
     """The objective at each rung, or why ASHA had nothing to do (no sampled trials: only fixed points)."""
     text = (f"ASHA compares trials by {objective_text(m)} at each rung "
             f"and stops the worse; fixed points never stop.")
     if not (b["fixed_point"] == "").any():
         return [("p", f"{text} This run has no sampled trials, only fixed points, so ASHA had nothing to stop: "
                       f"every trial ran until early stopping or its last epoch.")]
+    col = OBJECTIVE.key
     return [("p", text), ("table", ["rung (epoch)", "sampled trials reaching it", f"median {col}", f"best {col}"],
                           rungs), ("img", fig, f"Epochs survived and {col} per rung")]
 
@@ -293,7 +294,7 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
         ("Best model", [("img", figs["best_model"], "ROC curve and confusion matrices on the test part"),
                         ("p", f"Layer summary of **{best.name}** (input {best.image_sizes[0]} px, greyscale; "
                               f"exported as `best_model.keras`):"), ("pre", "\n".join(summary))] if best else []),
-        ("How ASHA spent the budget", asha_blocks(m, b, rungs, figs["asha"], "objective")),
+        ("How ASHA spent the budget", asha_blocks(m, b, rungs, figs["asha"])),
         ("What the search learned", importance_blocks(a, figs["hyperparameters"])
          if [c for c in b.columns if c.startswith("cfg_")] else [("p", "No hyperparameters were searched in this "
                                                                          "space.")]),

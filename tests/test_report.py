@@ -387,8 +387,7 @@ def test_report_says_when_a_model_calls_every_image_one_class_and_when_asha_had_
     assert report.setting({"resources": {"cpu_per_trial": 2.0}}, "cpus_per_trial", 0) == "2 (chosen for the machine)"
     assert report.setting({"resources": {"gpu_per_trial": 1.0}}, "gpus_per_trial", 1) == "1"
     fixed_only = pd.DataFrame({"fixed_point": ["base", "bn_aug", "bn_aug_dropout"]})
-    [(kind, text)] = report.asha_blocks({"objective": {"text": OBJECTIVE.text}}, fixed_only, [], Path("a.png"),
-                                        "objective")
+    [(kind, text)] = report.asha_blocks({"objective": {"text": OBJECTIVE.text}}, fixed_only, [], Path("a.png"))
     assert kind == "p" and "no sampled trials, only fixed points, so ASHA had nothing to stop" in text
 
 
