@@ -363,7 +363,8 @@ def adapt_final(run: Run, rdata: "RunData", best: Evaluation, n_boot: int,
     record = store.read_json(folder / adaptation.RECORD) if (folder / adaptation.RECORD).is_file() else {}
     if {k: record.get(k) for k in key} != key:
         record = cross_fit_final(run, rdata, best, key, folder, log)
-    p = dict(np.load(folder / adaptation.PREDICTIONS))
+    with np.load(folder / adaptation.PREDICTIONS) as stored:
+        p = dict(stored)
     names = [adaptation.copy_name(t, j) for t in best.trials for j in range(folds_k)]
     sizes = [size for size in best.image_sizes for _ in range(folds_k)]
     ev = evaluate_probabilities(f"{best.name}, adapted", names, sizes, best.y, p, n_boot, run.seed,

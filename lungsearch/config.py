@@ -32,6 +32,7 @@ SPLITS = ("patient", "report", "target")
 # "auto" (a search's default): target when the dataset has its own test/ folder, else patient.
 SEARCH_SPLITS = ("auto", *SPLITS)
 
+
 @dataclass(frozen=True)
 class Objective:
     """What every part of a search compares, and which way is better: the name trials report it under (and the

@@ -235,7 +235,7 @@ def require_both_classes_in_parts(ds: Dataset, split: dict[str, np.ndarray], pro
 
 
 def load_images(data_dir: str | Path, image_size: int, cache_dir: str | Path | None = None,
-         log=print, normalize: str = "none", dataset: Dataset | None = None) -> tuple[Dataset, np.ndarray]:
+                log=print, normalize: str = "none", dataset: Dataset | None = None) -> tuple[Dataset, np.ndarray]:
     """Scan a dataset and return it with its images (uint8, N x size x size), decoded once and cached on disk.
 
     The cache (see cache.py) is keyed by the dataset fingerprint (file names and contents), the image size and
