@@ -188,7 +188,7 @@ def conv_block(x, filters: int, cfg: TrialConfig, index: int):
     padding = "same" if cfg.residual else cfg.padding
     y = layers.Conv2D(filters, cfg.kernel_size, activation="relu", padding=padding, name=f"conv{index}")(x)
     if cfg.batchnorm:
-        y = layers.BatchNormalization(name=f"bn{index}")(y)
+        y = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"bn{index}")(y)
     if cfg.residual:
         shortcut = layers.Conv2D(filters, 1, name=f"shortcut{index}")(x)
         y = layers.Add(name=f"add{index}")([y, shortcut])
@@ -219,7 +219,7 @@ def build(cfg: TrialConfig) -> keras.Model:
     x = layers.Flatten(name="flatten")(x) if cfg.head == "flatten" else layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dense(cfg.dense_units, activation="relu", name="dense")(x)
     if cfg.batchnorm:
-        x = layers.BatchNormalization(name="bn_dense")(x)
+        x = layers.BatchNormalization(momentum=cfg.bn_momentum, name="bn_dense")(x)
     if cfg.dropout > 0:
         x = layers.Dropout(cfg.dropout, seed=cfg.seed, name="dropout")(x)
     outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(x)
