@@ -16,13 +16,14 @@ has the advantage of having been chosen on these very images, so the comparison 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import keras
 import numpy as np
 
-from .metrics import roc_auc
+from .metrics import percentiles, resample_weights, roc_auc, weighted_metrics
 
 FOLDER = "adapted"  # in the run folder: the fine-tuned copies, their out-of-fold predictions and the decision
 RECORD = "adaptation.json"
@@ -110,3 +111,21 @@ def cross_fit(members: list[Member], y_val: np.ndarray, folds: np.ndarray, befor
     fold_auc = [{"fold": j, "images": int((folds == j).sum()), "before": roc_auc(y_val[folds == j], before[folds == j]),
                  "adapted": roc_auc(y_val[folds == j], p["val"][folds == j])} for j in range(k)]
     return Adapted(p, copies, fold_auc)
+
+
+def gain_interval(y: np.ndarray, folds: np.ndarray, before: np.ndarray, adapted: np.ndarray, groups: np.ndarray,
+                  n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """A percentile interval of the decision's gain (the mean over folds of adapted AUC minus AUC before) over
+    `n_boot` seeded resamples of the validation patients (`groups`): how far the validation part can tell the
+    two apart. The same resample scores both, fold by fold, so the interval is that of the paired difference."""
+    y, folds = np.ravel(y), np.ravel(folds)
+    w = resample_weights(groups, n_boot, seed)
+    diffs = []
+    for j in range(int(folds.max()) + 1):
+        f = folds == j
+        diffs.append(weighted_metrics(y[f], adapted[f], w[:, f], 0.5)["auc"]
+                     - weighted_metrics(y[f], before[f], w[:, f], 0.5)["auc"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample that leaves a fold without one class
+        gains = np.nanmean(np.vstack(diffs), axis=0)
+    return percentiles(gains, level)

@@ -370,8 +370,10 @@ def adapt_final(run: Run, rdata: "RunData", best: Evaluation, n_boot: int,
     ev = evaluate_probabilities(f"{best.name}, adapted", names, sizes, best.y, p, n_boot, run.seed,
                                 groups=rdata.patients("test"))
     text = adaptation.RULE.format(folds=folds_k, epochs=key["epochs"], lr=key["learning_rate"])
+    interval = adaptation.gain_interval(best.y["val"], np.asarray(record["fold_of_val_image"]), best.p["val"],
+                                        p["val"], rdata.patients("val"), n_boot, run.seed)
     return ev, {"rule": text, "adapted_from": best.trials, **{k: record[k] for k in ("fold_auc", "gain", "kept")},
-                "val_auc_out_of_fold": roc_auc(best.y["val"], p["val"])}
+                "gain_ci95": interval, "val_auc_out_of_fold": roc_auc(best.y["val"], p["val"])}
 
 
 def cross_fit_final(run: Run, rdata: "RunData", best: Evaluation, key: dict[str, Any], folder: Path,

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from . import analysis, clinical, confirmation, data, importance, store
@@ -185,10 +186,20 @@ def adaptation_blocks(adapted: dict, model: str | None) -> list:
     rows = [[str(f["fold"]), str(f["images"]), fmt(f["before"]), fmt(f["adapted"]), f"{f['adapted'] - f['before']:+.4f}"]
             for f in adapted["fold_auc"]]
     return [("p", f"**Adaptation to the validation part**: {adapted['rule']}. The mean gain over the folds is "
-                  f"{adapted['gain']:+.4f}, so the adapted model is **{'kept' if adapted['kept'] else 'dropped'}**; "
+                  f"{adapted['gain']:+.4f}, so the adapted model is **{'kept' if adapted['kept'] else 'dropped'}**"
+                  + gain_interval_text(adapted.get("gain_ci95")) + "; "
                   f"out-of-fold validation AUC {fmt(adapted['val_auc_out_of_fold'])} (pooled over the folds' "
                   f"copies). Exported as `best_model.json`: **{model}**."),
             ("table", ["fold", "validation images", "AUC before", "AUC adapted", "difference"], rows)]
+
+
+def gain_interval_text(ci: list | tuple | None) -> str:
+    """How far validation can tell the adapted model from the model as it was, in words."""
+    if not ci or any(v is None or not np.isfinite(v) for v in ci):
+        return ""
+    verdict = ("validation cannot tell them apart: the decision is close to a coin toss" if ci[0] < 0 < ci[1] else
+               "validation tells them apart")
+    return f" (95% interval over resamples of the validation patients: {ci[0]:+.4f} to {ci[1]:+.4f}; {verdict})"
 
 
 def importance_blocks(a: Analysis, fig: Path | None) -> list:

@@ -81,3 +81,20 @@ def test_adaptation_needs_a_confirmation_stage_and_two_folds():
     with pytest.raises(Exception, match="adapt_folds"):
         SearchSettings(adapt_folds=1, confirm_top=1)
     assert SearchSettings(adapt_folds=5, confirm_top=1).adapt_folds == 5
+
+
+def test_the_gain_interval_resamples_patients_and_is_that_of_the_paired_difference():
+    """gain_interval: a model better on every fold gives an interval above 0; the same probabilities on both sides
+    give [0, 0]; and noise-sized differences give an interval that straddles 0."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.tile([0, 1], 30), 2)
+    groups = np.repeat(np.arange(60), 2)  # each patient two images of one class
+    folds = data.patient_folds(groups, y, 3, 0)
+    weak = y * 0.2 + rng.uniform(0, 1, len(y))
+    strong = y * 0.9 + rng.uniform(0, 1, len(y))
+    lo, hi = adaptation.gain_interval(y, folds, weak, strong, groups, n_boot=300)
+    assert 0 < lo < hi
+    assert adaptation.gain_interval(y, folds, weak, weak, groups, n_boot=300) == (0.0, 0.0)
+    jittered = weak + rng.normal(0, 0.05, len(y))
+    lo, hi = adaptation.gain_interval(y, folds, weak, jittered, groups, n_boot=300)
+    assert lo < 0 < hi
