@@ -290,6 +290,7 @@ SETTINGS_RULES: dict[str, Rule] = {
     "grace_period": at_least(1),
     "reduction_factor": at_least(2),
     "searcher": one_of("random", "tpe"),
+    "random_fraction": ((lambda v: 0.0 <= v <= 1.0), "in [0, 1]"),
     "cpus_per_trial": ((lambda v: v >= 0), "0 (automatic) or more"),
     "gpus_per_trial": ((lambda v: v == -1 or v >= 0), "-1 (automatic: one per trial where there are GPUs), 0 or more"),
     "max_concurrent": ((lambda v: v >= 0), "0 (as many as resources allow) or more"),
@@ -352,6 +353,10 @@ class SearchSettings:
     grace_period: int = 3  # ASHA: epochs before a trial can first be stopped
     reduction_factor: int = 3  # ASHA: keep the best 1/reduction_factor at each rung
     searcher: str = "random"  # random | tpe
+    # tpe: the share of configurations after the first 10 that are drawn at random rather than by TPE, as BOHB does
+    # (its 1/3): TPE's "good" set is the best tenth of the trials so far, so without them it can settle on the
+    # region of its first few good trials and never see the rest of a large space
+    random_fraction: float = 1 / 3
     fixed_points: bool = True
     cpus_per_trial: float = 0  # 0: chosen from the cluster (see run.cluster.resources)
     gpus_per_trial: float = -1  # -1: one GPU per trial when the cluster has GPUs, else none

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -225,3 +226,30 @@ def test_ctrl_c_or_sigterm_exits_130_or_143_and_says_how_to_resume(tmp_path, dat
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and "finished" not in manifest
     assert not (run_dir / "trials.csv").exists()  # `report` says the search did not finish
+
+
+def test_exploring_tpe_draws_its_random_share_at_random_and_the_rest_by_tpe():
+    """ExploringTPE on a one-parameter objective that peaks at x = 0.05: the trials it marks as exploring (about
+    random_fraction of those after the startup) are spread over [0, 1] as random draws are; the others gather at
+    the peak, as TPE's do; a fraction of 0 is plain TPE, and the same seed gives the same trials."""
+    import optuna
+
+    from lungsearch.run.searchers import ExploringTPE
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def study(fraction: float):
+        s = optuna.create_study(direction="maximize", sampler=ExploringTPE(fraction, seed=0, n_startup_trials=10))
+        s.optimize(lambda t: -abs(t.suggest_float("x", 0.0, 1.0) - 0.05), n_trials=90)
+        return s
+
+    s = study(1 / 3)
+    later = [t for t in s.trials if t.number >= 10]
+    explored = [t.params["x"] for t in later if s.sampler.explores(t)]
+    guided = [t.params["x"] for t in later if not s.sampler.explores(t)]
+    assert 0.2 < len(explored) / len(later) < 0.47
+    assert np.std(explored) > 0.2 and np.median(np.abs(np.array(guided) - 0.05)) < 0.05
+    assert [t.params["x"] for t in study(1 / 3).trials] == [t.params["x"] for t in s.trials]
+    plain = study(0.0)
+    assert not any(plain.sampler.explores(t) for t in plain.trials)
+    assert np.median(np.abs(np.array([t.params["x"] for t in plain.trials[10:]]) - 0.05)) < 0.05

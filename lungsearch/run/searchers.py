@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import optuna
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, Searcher
 
@@ -38,13 +40,34 @@ def searcher(settings: SearchSettings, points: list[dict]):
     every trial's objective at the first rung (grace_period epochs), a budget every trial reaches, so the objectives
     it compares come from one fidelity (as BOHB fits its model per budget)."""
     if settings.searcher == "tpe":
-        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=10)
+        sampler = ExploringTPE(settings.random_fraction, seed=settings.seed, n_startup_trials=10)
         return FixedPointsFirst(OptunaSearch(sampler=sampler), points,
                                 tell_at=min(settings.grace_period, settings.stage_epochs))
     return BasicVariantGenerator(points_to_evaluate=points or None, random_state=settings.seed)
+
+
+class ExploringTPE(optuna.samplers.TPESampler):
+    """Optuna's TPE, but a share (`random_fraction`) of its trials after the first n_startup_trials draws every
+    parameter at random, as BOHB does with its random fraction. Which trials explore depends on the seed and the
+    trial's number only, so a resumed search makes the same choice. TPE still learns from every trial."""
+
+    def __init__(self, random_fraction: float, seed: int = 0, **kwargs: Any):
+        super().__init__(seed=seed, **kwargs)
+        self.random_fraction, self.explore_seed = random_fraction, seed
+        self.uniform = optuna.samplers.RandomSampler(seed=seed)
+
+    def explores(self, trial: optuna.trial.FrozenTrial) -> bool:
+        return bool(np.random.default_rng([self.explore_seed, 3, trial.number]).random() < self.random_fraction)
+
+    def infer_relative_search_space(self, study, trial):
+        return {} if self.explores(trial) else super().infer_relative_search_space(study, trial)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        if self.explores(trial):
+            return self.uniform.sample_independent(study, trial, param_name, param_distribution)
+        return super().sample_independent(study, trial, param_name, param_distribution)
 
 
 class FixedPointsFirst(Searcher):
