@@ -248,6 +248,7 @@ def test_exploring_tpe_draws_its_random_share_at_random_and_the_rest_by_tpe():
     explored = [t.params["x"] for t in later if s.sampler.explores(t)]
     guided = [t.params["x"] for t in later if not s.sampler.explores(t)]
     assert 0.2 < len(explored) / len(later) < 0.47
+    assert not set(explored) & {t.params["x"] for t in s.trials[:10]}  # not the startup trials drawn again
     assert np.std(explored) > 0.2 and np.median(np.abs(np.array(guided) - 0.05)) < 0.05
     assert [t.params["x"] for t in study(1 / 3).trials] == [t.params["x"] for t in s.trials]
     plain = study(0.0)

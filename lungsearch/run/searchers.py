@@ -56,7 +56,8 @@ class ExploringTPE(optuna.samplers.TPESampler):
     def __init__(self, random_fraction: float, seed: int = 0, **kwargs: Any):
         super().__init__(seed=seed, **kwargs)
         self.random_fraction, self.explore_seed = random_fraction, seed
-        self.uniform = optuna.samplers.RandomSampler(seed=seed)
+        # a stream of its own: seeded as TPE's startup sampler is, it would draw the startup trials again
+        self.uniform = optuna.samplers.RandomSampler(seed=int(np.random.SeedSequence([seed, 3]).generate_state(1)[0]))
 
     def explores(self, trial: optuna.trial.FrozenTrial) -> bool:
         return bool(np.random.default_rng([self.explore_seed, 3, trial.number]).random() < self.random_fraction)
