@@ -197,8 +197,8 @@ def gain_interval_text(ci: list | tuple | None) -> str:
     """How far validation can tell the adapted model from the model as it was, in words."""
     if not ci or any(v is None or not np.isfinite(v) for v in ci):
         return ""
-    verdict = ("validation cannot tell them apart: the decision is close to a coin toss" if ci[0] < 0 < ci[1] else
-               "validation tells them apart")
+    verdict = ("it includes 0, so validation alone cannot show which is better" if ci[0] <= 0 <= ci[1] else
+               "validation shows adapting helps" if ci[0] > 0 else "validation shows adapting hurts")
     return f" (95% interval over resamples of the validation patients: {ci[0]:+.4f} to {ci[1]:+.4f}; {verdict})"
 
 
