@@ -6,8 +6,8 @@ split: half of the dataset's own test/ patients; the other half is the untouched
 searches what may carry over: intensity augmentation (brightness, contrast, gamma, noise), input
 normalisation (per-image standardisation, histogram equalisation, CLAHE), class weighting, label
 smoothing, MixUp, AdamW with weight decay, learning-rate schedules, a global-average-pooling head,
-test-time flip augmentation and which part early stopping watches, together with the report's own
-knobs (BatchNorm, geometric augmentation, Dropout, dense width, learning rate).
+test-time flip augmentation, together with the report's own knobs (BatchNorm, geometric augmentation,
+Dropout, dense width, learning rate). Early stopping watches the validation part, as the objective does.
 
 This is the space to start with. It searches in two stages (see SETTINGS): many cheap trials on a quarter of the
 training data, then the best configurations and base retrained in full with several seeds, ranked by their mean.
@@ -40,7 +40,11 @@ with hp.conditional_scope("optimizer", ["adamw"]):
     hp.Float("weight_decay", 1e-5, 1e-2, sampling="log")
 hp.Choice("lr_schedule", ["constant", "cosine", "plateau"])
 hp.Boolean("tta")
-hp.Choice("early_stop_on", ["val", "holdout"])  # the target validation half, or the in-distribution holdout
+# early_stop_on is not searched: a trial judged after its first epoch shows nothing of which part early stopping
+# watches, so TPE cannot learn it there, yet it decides what a full-length trial keeps. In one search TPE drifted to
+# `holdout` (113 of 145 trials); its first- and third-ranked configurations both watched the holdout, and retrained
+# in full they kept epochs the in-distribution holdout liked and the validation part did not: confirmed validation
+# AUC 0.943 and 0.943 against 0.976 to 0.980 for every configuration that watched validation.
 
 # Two stages. The search stage trains each trial on a quarter of the training patients for up to 9 epochs, ASHA
 # over two brackets (first judged after 1 or after 3 epochs) and TPE learning from every trial's objective at the
