@@ -9,7 +9,7 @@ import pytest
 
 from conftest import make_dataset
 from lungsearch import models, train
-from lungsearch.config import TrialConfig
+from lungsearch.config import FIXED_POINTS, TrialConfig
 from lungsearch.metrics import binary_metrics
 
 SIZE = 32
@@ -236,8 +236,6 @@ def test_bn_momentum_sets_how_fast_inference_statistics_catch_up_and_the_reports
     """Every BatchNorm layer gets cfg.bn_momentum. After 10 training steps that barely move the weights, the
     statistics inference uses have gone most of the way to the training activations' mean at 0.9 and under a
     fifth of it at Keras' 0.99 (what the report's bn_aug and bn_aug_dropout keep)."""
-    from lungsearch.config import FIXED_POINTS
-
     x = np.random.default_rng(3).uniform(0.5, 1.0, (80, SIZE, SIZE, 1)).astype("float32")
     y = (np.arange(80) % 2).astype("float32").reshape(-1, 1)
     covered = {}
