@@ -110,6 +110,7 @@ class Analysis:
     confirmed: pd.DataFrame | None = None  # confirmation.summary: configurations by their seeds' mean objective
     final: dict[str, Any] | None = None  # the final-model rule: candidates' validation AUC and the one chosen
     fidelity: dict[str, Any] | None = None  # confirmation.fidelity: low- vs higher-fidelity rank correlations
+    vs_base_seeds: dict[str, Any] | None = None  # paired_difference(best, base's confirmed seeds averaged)
 
 
 def load_run(run_dir: str | Path, rank_by: str | None = None) -> Run:
@@ -196,14 +197,32 @@ def fmt(v: Any, digits: int = 4) -> str:
 
 def vs_base_text(a: "Analysis") -> str:
     """The paired comparison of the best trial with the base model, in a sentence for the report."""
-    c, names = a.vs_base, {"f1_at_0.5": "F1 at 0.5", "f1_at_threshold": "F1 at each model's validation threshold",
-                           "auc": "AUC"}
+    c = a.vs_base
     if c is None:
         return ("No comparison with the base model: " + ("no trial saved a model." if a.best is None else
                                                          "it was not run or saved no model in this run."))
     if c["best"] == c["base"]:
         return "The best trial is the base model itself: there is no difference to compare."
-    return (f"**{c['best']} minus the base model** on the same test patients, with paired 95% bootstrap intervals "
+    return paired_text(c, "the base model")
+
+
+def vs_base_seeds_text(a: "Analysis") -> str | None:
+    """The final model against base's confirmed seeds averaged, in a sentence; None without that comparison. Base
+    alone is one seed, and seeds of one configuration differ on test: this asks whether the search adds more than
+    averaging base's seeds does."""
+    c = a.vs_base_seeds
+    if c is None:
+        return None
+    if c["best"] == c["base"]:
+        return f"The final model is {c['base']}, base's seeds averaged: the search found nothing better on validation."
+    return (paired_text(c, f"{c['base']}") + " Base's seeds averaged is what the search must beat to add more than "
+            f"training base again with other seeds.")
+
+
+def paired_text(c: dict[str, Any], against: str) -> str:
+    """A paired_difference record (`versus_base`) in a sentence: each metric, the difference and its interval."""
+    names = {"f1_at_0.5": "F1 at 0.5", "f1_at_threshold": "F1 at each model's validation threshold", "auc": "AUC"}
+    return (f"**{c['best']} minus {against}** on the same test patients, with paired 95% bootstrap intervals "
             f"(the same resamples score both models): " + "; ".join(
                 f"{names[k]} {v['best']:.4f} vs {v['base']:.4f}: {v['difference']:+.4f} [{v['ci95'][0]:+.3f}, "
                 f"{v['ci95'][1]:+.3f}]" for k, v in c["metrics"].items()) + ". An interval that holds 0 shows no "
@@ -280,12 +299,23 @@ def combine(name: str, members: list[Evaluation], rdata: "RunData", run: Run, n_
                                   groups=rdata.patients("test"))
 
 
-def versus_base(best: Evaluation | None, evals: dict[str, Evaluation], run: Run, n_boot: int) -> dict | None:
-    """paired_difference of the best model and the base model on the same test patients; None without both."""
-    base = next((e for e in evals.values() if e.fixed_point == "base"), None)
+def versus_base(best: Evaluation | None, evals: dict[str, Evaluation], run: Run, n_boot: int,
+                base: Evaluation | None = None) -> dict | None:
+    """paired_difference of the best model and `base` (default: the base model among `evals`) on the same test
+    patients; None without both."""
+    base = base or next((e for e in evals.values() if e.fixed_point == "base"), None)
     if not (best and base):
         return None
     return {"best": best.name, "base": base.name, "metrics": paired_difference(best, base, n_boot, run.seed)}
+
+
+def base_seeds(confirmed: pd.DataFrame, groups: list[list[str]], members: dict[str, Evaluation], rdata: "RunData",
+               run: Run, n_boot: int) -> Evaluation | None:
+    """Base's confirmed seeds averaged, as one model; None unless base was confirmed with 2 seeds or more."""
+    row = next((i for i, f in enumerate(confirmed["fixed_point"].fillna("")) if f == "base"), None)
+    if row is None or len(groups[row]) < 2:
+        return None
+    return combine(f"base ({count(len(groups[row]), 'seed')})", [members[t] for t in groups[row]], rdata, run, n_boot)
 
 
 FINAL_RULE = ("the final model is the better on validation {metric} of two candidates: the confirmed best "
@@ -344,8 +374,12 @@ def confirmed_analysis(run: Run, board: pd.DataFrame, rdata: "RunData", top: int
     final["model"] = best.name if best else None
     fid = confirmation.fidelity(run.trials, run.history, int(run.manifest["settings"].get("grace_period", 1)))
     ranked = [t for g in groups for t in g]
+    seeds_of_base = base_seeds(confirmed, groups, members, rdata, run, n_boot)
+    vs_seeds = versus_base(best, members, run, n_boot, seeds_of_base) if seeds_of_base else None
+    if vs_seeds and set(best.trials) == set(seeds_of_base.trials):  # the final model is base's seeds itself
+        vs_seeds["best"] = vs_seeds["base"]
     return Analysis(run, board, evals, ranked[:top], best, ens, rdata, versus_base(best, members, run, n_boot),
-                    confirmed, final, fid)
+                    confirmed, final, fid, vs_seeds)
 
 
 def adapt_final(run: Run, rdata: "RunData", best: Evaluation, n_boot: int,

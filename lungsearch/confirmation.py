@@ -76,7 +76,10 @@ def config_name(row) -> str:
 def summary(trials: pd.DataFrame, column: str = "objective") -> pd.DataFrame:
     """One row per confirmed configuration, best mean first: seeds, the mean of `column` (the objective, or what
     the run ranks by) with its standard deviation, min and max, the same column in the search stage (low
-    fidelity) and the rank there. Ranked by the mean, never by one lucky seed."""
+    fidelity) and the rank there. Ranked by the mean, never by one lucky seed: configurations scored on fewer
+    seeds than the most any has (bn_aug and bn_aug_dropout, trained once as the report trains them; one whose
+    seed failed) are ranked after those scored on every seed, since one seed's score is more spread than a mean
+    of several and would come first by luck."""
     confirm = stage_of(trials, STAGE)
     if column not in confirm.columns:
         column = "objective"
@@ -93,8 +96,11 @@ def summary(trials: pd.DataFrame, column: str = "objective") -> pd.DataFrame:
                      "objective_min": scores.min(), "objective_max": scores.max(),
                      "search_objective": search[column].get(source, np.nan), "ranked_by": column,
                      "search_rank": search_rank.get(source, np.nan), "trials": " ".join(group["trial"])})
-    table = pd.DataFrame(rows).sort_values(["objective_mean", "objective_min"], ascending=not OBJECTIVE.descending,
-                                           na_position="last", kind="mergesort")  # a tie: the steadier one
+    table = pd.DataFrame(rows)
+    table["all_seeds"] = table["scored"] == table["scored"].max()
+    desc = OBJECTIVE.descending
+    table = table.sort_values(["all_seeds", "objective_mean", "objective_min"], ascending=[False, not desc, not desc],
+                              na_position="last", kind="mergesort")  # a tie: the steadier one
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.reset_index(drop=True)
 

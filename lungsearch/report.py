@@ -160,7 +160,9 @@ def confirmation_blocks(a: Analysis) -> list:
               f"{count(s.get('confirm_top'), 'sampled configuration')} and base were then retrained on all of them for "
               f"up to {s['max_epochs']} epochs with {count(s.get('confirm_seeds', 1), 'training seed')} each (one "
               f"split for all: the split seed is {s.get('split_seed', 0)}); bn_aug and bn_aug_dropout once. "
-              f"Configurations are ranked by their mean objective over the seeds (± the standard deviation)."),
+              f"Configurations are ranked by their mean objective over the seeds (± the standard deviation); one "
+              f"scored on fewer seeds than the others (bn_aug and bn_aug_dropout, or a failed seed) comes after "
+              f"them, since one seed's score is more spread than a mean and would come first by luck."),
         ("table", ["rank", "configuration", "seeds", "objective mean ± sd", "range", "search-stage objective",
                    "search-stage rank"], rows),
         ("p", f"**First place {'held' if held.get('held') else 'did not hold'}**: the search stage ranked "
@@ -265,7 +267,8 @@ def sections(a: Analysis, figs: dict[str, Path | None], files: list[str]) -> lis
             ("p", f"Best model: **{best.name}** (validation AUC {fmt(best.val['auc'])}): test F1 {with_ci(best, 'f1')} "
                   f"at threshold 0.5; {with_ci(best, 'f1', True)} at threshold {best.threshold:.3f} chosen on "
                   f"validation." if best else "No trial saved a model, so nothing was evaluated on test."),
-            ("p", analysis.vs_base_text(a))]),
+            ("p", analysis.vs_base_text(a)),
+            *([("p", text)] if (text := analysis.vs_base_seeds_text(a)) else [])]),
         ("Table 1: the source report's models and the best trial", [
             *smoke_note(a),
             ("p", "Test metrics at threshold 0.5, laid out as the source report's Table 1. The **source report** "
@@ -392,7 +395,8 @@ def write_report(run_dir: str | Path, top: int = 5, ensemble: int = 3, export_en
     figs.update({"calibration": fig_calibration(a, rv, folder), "roc_pr": fig_roc_pr(a, rv, folder),
                  "gallery": fig_gallery(rv, folder), "flow": fig_flow(rv, folder)})
     store.write_json(root / "evaluation.json", [{"model": e.name, "image_sizes": e.image_sizes, **analysis.card(a, e),
-                                                 **({"best_minus_base": a.vs_base} if e is a.best else {}),
+                                                 **({"best_minus_base": a.vs_base,
+                                                     "best_minus_base_seeds": a.vs_base_seeds} if e is a.best else {}),
                                                  **review_fields(rv, e, a.best)}
                                                 for e in clinical.shown_models(a)])
     exported = analysis.export_best(a)

@@ -2,6 +2,7 @@
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from lungsearch import analysis, metrics
@@ -73,6 +74,27 @@ def test_paired_difference_of_the_best_trial_against_the_base_model():
     assert "trial_1 minus the base model" in text and f"{f1['difference']:+.4f}" in text
     with pytest.raises(ValueError, match="same test images"):
         metrics.paired_difference(best, evaluation("base", y[::-1], p, groups))
+
+
+def test_the_final_model_is_also_paired_with_bases_seeds_averaged():
+    y, p, groups = patients()
+    rng = np.random.default_rng(3)
+    members = {f"b{i}": evaluation(f"b{i}", y, np.clip(p + rng.normal(0, 0.2, len(p)), 0, 1), groups, "base")
+               for i in range(3)}
+    confirmed = pd.DataFrame({"configuration": ["t", "base", "bn_aug"], "fixed_point": ["", "base", "bn_aug"]})
+    rdata, run = SimpleNamespace(patients=lambda part: groups), SimpleNamespace(seed=0)
+    seeds = analysis.base_seeds(confirmed, [["t0"], ["b0", "b1", "b2"], ["n0"]], members, rdata, run, 200)
+    assert seeds.name == "base (3 seeds)" and seeds.trials == ["b0", "b1", "b2"]
+    np.testing.assert_allclose(seeds.p["test"], np.mean([m.p["test"] for m in members.values()], axis=0))
+    assert analysis.base_seeds(confirmed, [["t0"], ["b0"], ["n0"]], members, rdata, run, 200) is None  # one seed
+    better = evaluation("ensemble", y, np.where(y == 1, np.maximum(p, 0.8), np.minimum(p, 0.2)), groups)
+    c = analysis.versus_base(better, members, run, 200, seeds)
+    assert c["base"] == "base (3 seeds)" and c["metrics"]["auc"]["base"] == pytest.approx(seeds.test["auc"])
+    text = analysis.vs_base_seeds_text(SimpleNamespace(vs_base_seeds=c))
+    assert "ensemble minus base (3 seeds)" in text and f"{c['metrics']['auc']['difference']:+.4f}" in text
+    same = {**c, "best": c["base"]}  # the final model is base's seeds themselves
+    assert "The final model is base (3 seeds)" in analysis.vs_base_seeds_text(SimpleNamespace(vs_base_seeds=same))
+    assert analysis.vs_base_seeds_text(SimpleNamespace(vs_base_seeds=None)) is None
 
 
 def test_the_validation_threshold_classifies_as_intended_under_the_strict_rule():

@@ -93,6 +93,19 @@ def test_confirmed_configurations_are_ranked_by_their_seed_mean_not_their_luckie
     assert held == {"search_first": "c", "confirmed_first": "c", "held": True}
 
 
+def test_a_configuration_scored_on_fewer_seeds_is_ranked_after_those_scored_on_every_seed():
+    once = pd.DataFrame([("bn_aug_1", "bn_aug", "search", "", 0, "finished", 0.80),
+                         ("cbn0", "bn_aug", "confirm", "bn_aug_1", 0, "finished", 0.99)],  # one seed, best of all
+                        columns=trials_table().columns)
+    table = confirmation.summary(pd.concat([trials_table(), once], ignore_index=True))
+    assert list(table["configuration"]) == ["c", "base", "b", "bn_aug"]
+    assert list(table["rank"]) == [1, 2, 3, 4] and list(table["all_seeds"]) == [True, True, True, False]
+    assert confirmation.first_place(table)["confirmed_first"] == "c"
+    failed = trials_table()  # a seed of c that failed: c now has one score against two for the others
+    failed.loc[failed["trial"] == "cc1", "objective"] = np.nan
+    assert list(confirmation.summary(failed)["configuration"]) == ["base", "b", "c"]
+
+
 def test_the_picked_configurations_are_those_asha_let_finish_then_the_rest():
     assert confirmation.pick(trials_table(), 2) == ["c", "b"]
     assert confirmation.pick(trials_table(), 3) == ["c", "b", "a"]
