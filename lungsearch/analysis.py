@@ -350,6 +350,7 @@ def confirmed_analysis(run: Run, board: pd.DataFrame, rdata: "RunData", top: int
     model chosen on validation between the best configuration's seed ensemble and the top configurations'
     ensemble (FINAL_RULE)."""
     confirmed = confirmation.summary(run.trials, RANK_BY[run.rank_by])
+    confirmed.to_csv(run.dir / confirmation.TABLE, index=False)  # as leaderboard.csv: the ranking this report used
     saved = set(board.loc[board["checkpoint"], "trial"])
     groups = [[t for t in row.trials.split() if t in saved] for row in confirmed.itertuples()]
     first_seed = int(run.manifest["settings"].get("seed", 0))
