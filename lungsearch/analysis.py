@@ -215,7 +215,7 @@ def vs_base_seeds_text(a: "Analysis") -> str | None:
         return None
     if c["best"] == c["base"]:
         return f"The final model is {c['base']}, base's seeds averaged: the search found nothing better on validation."
-    return (paired_text(c, f"{c['base']}") + " Base's seeds averaged is what the search must beat to add more than "
+    return (paired_text(c, c["base"]) + " Base's seeds averaged is what the search must beat to add more than "
             f"training base again with other seeds.")
 
 
@@ -309,13 +309,20 @@ def versus_base(best: Evaluation | None, evals: dict[str, Evaluation], run: Run,
     return {"best": best.name, "base": base.name, "metrics": paired_difference(best, base, n_boot, run.seed)}
 
 
-def base_seeds(confirmed: pd.DataFrame, groups: list[list[str]], members: dict[str, Evaluation], rdata: "RunData",
-               run: Run, n_boot: int) -> Evaluation | None:
-    """Base's confirmed seeds averaged, as one model; None unless base was confirmed with 2 seeds or more."""
+def seeds_averaged(configuration: str, trials: list[str], members: dict[str, Evaluation], rdata: "RunData", run: Run,
+                   n_boot: int) -> Evaluation:
+    """A configuration's confirmed seeds (`trials`) averaged, as one model named after it."""
+    return combine(f"{configuration} ({count(len(trials), 'seed')})", [members[t] for t in trials], rdata, run, n_boot)
+
+
+def base_seeds(confirmed: pd.DataFrame, groups: list[list[str]], members: dict[str, Evaluation],
+               candidates: dict[str, Evaluation], rdata: "RunData", run: Run, n_boot: int) -> Evaluation | None:
+    """Base's confirmed seeds averaged, as one model: the final-model candidate itself when base is the best
+    configuration (`candidates`, final_candidates); None unless base was confirmed with 2 seeds or more."""
     row = next((i for i, f in enumerate(confirmed["fixed_point"].fillna("")) if f == "base"), None)
     if row is None or len(groups[row]) < 2:
         return None
-    return combine(f"base ({count(len(groups[row]), 'seed')})", [members[t] for t in groups[row]], rdata, run, n_boot)
+    return candidates.get("base") or seeds_averaged("base", groups[row], members, rdata, run, n_boot)
 
 
 FINAL_RULE = ("the final model is the better on validation {metric} of two candidates: the confirmed best "
@@ -332,8 +339,7 @@ def final_candidates(names: list[str], groups: list[list[str]], members: dict[st
     first = next((i for i, g in enumerate(groups) if g), None)
     if first is None:
         return {}
-    best = combine(f"{names[first]} ({count(len(groups[first]), 'seed')})", [members[t] for t in groups[first]],
-                   rdata, run, n_boot)
+    best = seeds_averaged(names[first], groups[first], members, rdata, run, n_boot)
     candidates = {names[first]: best}
     top_trials = [t for g in groups[:k] for t in g]
     if set(top_trials) != set(best.trials):
@@ -375,10 +381,8 @@ def confirmed_analysis(run: Run, board: pd.DataFrame, rdata: "RunData", top: int
     final["model"] = best.name if best else None
     fid = confirmation.fidelity(run.trials, run.history, int(run.manifest["settings"].get("grace_period", 1)))
     ranked = [t for g in groups for t in g]
-    seeds_of_base = base_seeds(confirmed, groups, members, rdata, run, n_boot)
+    seeds_of_base = base_seeds(confirmed, groups, members, candidates, rdata, run, n_boot)
     vs_seeds = versus_base(best, members, run, n_boot, seeds_of_base) if seeds_of_base else None
-    if vs_seeds and set(best.trials) == set(seeds_of_base.trials):  # the final model is base's seeds itself
-        vs_seeds["best"] = vs_seeds["base"]
     return Analysis(run, board, evals, ranked[:top], best, ens, rdata, versus_base(best, members, run, n_boot),
                     confirmed, final, fid, vs_seeds)
 

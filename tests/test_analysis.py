@@ -83,10 +83,13 @@ def test_the_final_model_is_also_paired_with_bases_seeds_averaged():
                for i in range(3)}
     confirmed = pd.DataFrame({"configuration": ["t", "base", "bn_aug"], "fixed_point": ["", "base", "bn_aug"]})
     rdata, run = SimpleNamespace(patients=lambda part: groups), SimpleNamespace(seed=0)
-    seeds = analysis.base_seeds(confirmed, [["t0"], ["b0", "b1", "b2"], ["n0"]], members, rdata, run, 200)
+    seeds = analysis.base_seeds(confirmed, [["t0"], ["b0", "b1", "b2"], ["n0"]], members, {}, rdata, run, 200)
     assert seeds.name == "base (3 seeds)" and seeds.trials == ["b0", "b1", "b2"]
     np.testing.assert_allclose(seeds.p["test"], np.mean([m.p["test"] for m in members.values()], axis=0))
-    assert analysis.base_seeds(confirmed, [["t0"], ["b0"], ["n0"]], members, rdata, run, 200) is None  # one seed
+    assert analysis.base_seeds(confirmed, [["t0"], ["b0"], ["n0"]], members, {}, rdata, run, 200) is None  # one seed
+    # base the best configuration: its final-model candidate is base's seeds averaged, not computed again
+    assert analysis.base_seeds(confirmed, [["t0"], ["b0", "b1", "b2"], ["n0"]], members, {"base": seeds}, rdata, run,
+                               200) is seeds
     better = evaluation("ensemble", y, np.where(y == 1, np.maximum(p, 0.8), np.minimum(p, 0.2)), groups)
     c = analysis.versus_base(better, members, run, 200, seeds)
     assert c["base"] == "base (3 seeds)" and c["metrics"]["auc"]["base"] == pytest.approx(seeds.test["auc"])
